@@ -1,0 +1,14 @@
+"""Data: packaged offline datasets, TFDS datasets, batch iteration."""
+
+from jaxdl.data.batching import iterate_batches, num_batches, prefetch_to_device
+from jaxdl.data.sources import OFFLINE, TFDS, DatasetUnavailableError, load
+
+__all__ = [
+    "OFFLINE",
+    "TFDS",
+    "DatasetUnavailableError",
+    "iterate_batches",
+    "load",
+    "num_batches",
+    "prefetch_to_device",
+]

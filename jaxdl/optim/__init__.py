@@ -1,0 +1,1 @@
+"""Optimizers re-derived as optax-compatible gradient transformations."""

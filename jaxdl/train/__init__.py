@@ -1,0 +1,1 @@
+"""Training: TrainState, jitted steps, fit with Keras-style callbacks, orbax checkpoints."""

@@ -1,0 +1,301 @@
+"""``fit`` and ``evaluate``: epochs, validation, progress, callbacks, exact resume."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxdl.data.batching import iterate_batches, num_batches, prefetch_to_device
+from jaxdl.train import lr_scale as lrs
+from jaxdl.train.callbacks import Callback
+from jaxdl.train.checkpoint import Checkpointer
+from jaxdl.train.state import TrainState, create_train_state
+from jaxdl.train.step import LossFn, make_eval_step, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def default_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
+    """The course's recipe: Adam with learning rate 1e-3, the rate kept in the optimizer state."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+class History:
+    """What ``fit`` returns, as Keras's ``History``: ``history[name]`` is a per-epoch list."""
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.state: TrainState | None = None
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": list(self.epoch), "history": {k: list(v) for k, v in self.history.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        h = cls()
+        h.epoch = list(d["epoch"])
+        h.history = {k: list(v) for k, v in d["history"].items()}
+        return h
+
+
+class Trainer:
+    """The running fit as callbacks see it: the state, the stop flag, the learning rate."""
+
+    def __init__(self, state: TrainState, workdir: str | None):
+        self.state = state
+        self.workdir = workdir
+        self.stop_training = False
+        self.base_learning_rate = lrs.find_learning_rate(state.opt_state[0])
+
+    @property
+    def lr_scale(self) -> float:
+        return lrs.get_lr_scale(self.state.opt_state)
+
+    @lr_scale.setter
+    def lr_scale(self, value: float) -> None:
+        self.state = self.state.replace(opt_state=lrs.set_lr_scale(self.state.opt_state, value))
+
+    @property
+    def learning_rate(self) -> float | None:
+        base = self.base_learning_rate
+        return None if base is None else base * self.lr_scale
+
+
+def _check_pair(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise ValueError(f"{name} must be a pair (x, y) of arrays, got {type(data).__name__}")
+    x, y = data
+    if len(x) != len(y):
+        raise ValueError(f"{name}: x and y must have the same length, got {len(x)} and {len(y)}")
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty")
+    return x, y
+
+
+def _class_weight_vector(class_weight: dict[int, float], y: np.ndarray) -> jax.Array:
+    """Keras's ``class_weight`` dict as a ``(K,)`` vector; classes not named weigh 1."""
+    if not np.issubdtype(np.asarray(y).dtype, np.integer):
+        raise ValueError("class_weight needs integer labels")
+    k = int(max(np.max(y), *class_weight.keys())) + 1
+    w = np.ones((k,), np.float32)
+    for c, v in class_weight.items():
+        if not isinstance(c, int | np.integer) or c < 0:
+            raise ValueError(f"class_weight keys must be class indices >= 0, got {c!r}")
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"class_weight[{c}] must be a finite weight >= 0, got {v}")
+        w[c] = v
+    return jnp.asarray(w)
+
+
+def _summarise(sums: dict[str, jax.Array], prefix: str = "") -> dict[str, float]:
+    sums = jax.device_get(sums)
+    count = float(sums["count"])
+    logs = {f"{prefix}loss": float(sums["loss_sum"]) / count}
+    if "correct" in sums:
+        logs[f"{prefix}accuracy"] = float(sums["correct"]) / count
+    return logs
+
+
+def _evaluate(eval_step, state: TrainState, x, y, batch_size: int, prefix: str = ""):
+    n = len(x)
+    b = min(batch_size, n)
+    sums = None
+    for start in range(0, n, b):
+        xb, yb = x[start : start + b], y[start : start + b]
+        mask = np.ones((b,), np.float32)
+        if len(xb) < b:  # pad the last batch: one compiled shape for the whole evaluation
+            pad = b - len(xb)
+            mask[len(xb) :] = 0.0
+            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+            yb = np.concatenate([yb, np.repeat(yb[-1:], pad, axis=0)])
+        m = eval_step(state, xb, yb, mask)
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+    return _summarise(sums, prefix)
+
+
+def evaluate(
+    model: nn.Module,
+    state: TrainState,
+    data: tuple[np.ndarray, np.ndarray],
+    batch_size: int = 1000,
+    loss_fn: LossFn | None = None,
+) -> dict[str, float]:
+    """Mean loss (and accuracy, for classifiers) of ``state`` on ``data`` in inference mode."""
+    x, y = _check_pair(data, "data")
+    return _evaluate(make_eval_step(model, loss_fn=loss_fn), state, x, y, batch_size)
+
+
+def fit(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation | None = None,
+    train_data: tuple[np.ndarray, np.ndarray] | None = None,
+    val_data: tuple[np.ndarray, np.ndarray] | None = None,
+    epochs: int = 1,
+    batch_size: int = 128,
+    callbacks: Sequence[Callback] = (),
+    seed: int = 0,
+    workdir: str | None = None,
+    *,
+    loss_fn: LossFn | None = None,
+    class_weight: dict[int, float] | None = None,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    shuffle: bool = True,
+    drop_remainder: bool = False,
+    eval_batch_size: int = 1000,
+    verbose: bool = True,
+) -> History:
+    """Train ``model`` for ``epochs`` epochs, Keras-style; return the :class:`History`.
+
+    Each epoch: shuffled batches (the permutation depends only on ``(seed, epoch)``) through the
+    jitted, state-donating train step; then validation on ``val_data``; then the callbacks.
+    A tqdm bar shows the running loss, accuracy and examples/s.
+
+    With ``workdir``, the state, history and callback counters are checkpointed (orbax, atomic)
+    after every epoch in ``<workdir>/resume``, and a later ``fit`` with the same ``workdir``
+    continues after the last completed epoch: an interrupted and resumed run ends with the same
+    parameters and optimizer state, bit for bit, as an uninterrupted one.
+
+    Args:
+      model: a flax.linen module, ``model(x, train=...)``.
+      optimizer: an optax ``GradientTransformation`` (default: Adam, learning rate 1e-3).
+        ``fit`` appends a learning-rate multiplier for ``ReduceLROnPlateau``.
+      train_data, val_data: ``(x, y)`` NumPy arrays.
+      epochs, batch_size: as Keras.
+      callbacks: e.g. ``[EarlyStopping(patience=5), ModelCheckpoint(save_best_only=True),
+        ReduceLROnPlateau(factor=0.5, patience=3)]``.
+      seed: initialisation, shuffling, dropout and augmentation all follow from it.
+      workdir: directory for resume checkpoints (and ModelCheckpoint's default location).
+      loss_fn: ``loss_fn(outputs, labels, reduction="none")`` (default
+        :func:`jaxdl.losses.cross_entropy`).
+      class_weight: Keras's ``{class: weight}``; weighs each training example's loss (not the
+        validation loss).
+      augment: ``augment(key, x) -> x``, run on device inside the jitted step.
+
+    Raises:
+      NonFiniteLossError: when a training loss is NaN or infinite, naming the step.
+    """
+    if train_data is None:
+        raise ValueError("fit needs train_data=(x, y)")
+    x, y = _check_pair(train_data, "train_data")
+    if val_data is not None:
+        xv, yv = _check_pair(val_data, "val_data")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    weights = _class_weight_vector(class_weight, y) if class_weight else None
+
+    tx = lrs.with_lr_scale(optimizer if optimizer is not None else default_optimizer())
+    state = create_train_state(model, tx, x[:1], seed)
+    history = History()
+    start_epoch = 0
+    resume = Checkpointer(os.path.join(workdir, "resume"), max_to_keep=1) if workdir else None
+    trainer = Trainer(state, workdir)
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        cb.on_train_begin(trainer)
+
+    def resume_target():
+        return {"train": trainer.state, "callbacks": [cb.array_target(trainer) for cb in callbacks]}
+
+    if resume is not None and resume.latest_step() is not None:
+        restored, meta = resume.restore(resume_target())
+        trainer.state = restored["train"]
+        for cb, cb_state, cb_arrays in zip(callbacks, meta["callbacks"], restored["callbacks"],
+                                           strict=True):
+            cb.set_state(cb_state)
+            cb.set_arrays(cb_arrays)
+        history = History.from_dict(meta["history"])
+        start_epoch = meta["epoch"] + 1
+        trainer.stop_training = meta["stop_training"]
+        if verbose:
+            print(f"resuming from {resume.directory} after epoch {start_epoch}")
+
+    train_step = make_train_step(model, tx, loss_fn=loss_fn, class_weights=weights, augment=augment)
+    eval_step = make_eval_step(model, loss_fn=loss_fn)
+    steps = num_batches(len(x), batch_size, drop_remainder)
+
+    for epoch in range(start_epoch, epochs):
+        if trainer.stop_training:
+            break
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not verbose,
+                   unit="batch", leave=True)
+        batches = prefetch_to_device(
+            iterate_batches((x, y), batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                            drop_remainder=drop_remainder)
+        )
+        state = trainer.state
+        sums: dict[str, jax.Array] | None = None
+        pending: tuple[int, dict[str, jax.Array]] | None = None
+        t0, seen = time.perf_counter(), 0
+
+        def check(step_and_metrics, running):
+            # Reading step t's loss after dispatching step t+1 keeps the device busy while the host
+            # checks for NaN/inf; the error still names the exact step.
+            step, m = step_and_metrics
+            loss = float(m["loss_sum"]) / float(m["count"])
+            if not np.isfinite(loss):
+                bar.close()
+                raise NonFiniteLossError(
+                    f"training loss is {loss} at step {step} (epoch {epoch + 1}); stopping. "
+                    "Common causes: a learning rate too large, log of 0, bad input values."
+                )
+            logs = _summarise(running)
+            postfix = {k: f"{v:.4f}" for k, v in logs.items()}
+            postfix["ex/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+
+        for xb, yb in batches:
+            step_number = int(state.step) if pending is None else pending[0] + 1
+            state, metrics = train_step(state, xb, yb)
+            seen += len(xb)
+            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+            if pending is not None:
+                check(pending, sums)
+            pending = (step_number, metrics)
+        check(pending, sums)
+        bar.close()
+        trainer.state = state
+
+        logs = _summarise(sums)
+        if val_data is not None:
+            logs.update(_evaluate(eval_step, state, xv, yv, eval_batch_size, prefix="val_"))
+        lr = trainer.learning_rate
+        if lr is not None:
+            logs["lr"] = lr
+        logs["lr_scale"] = trainer.lr_scale
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs, trainer)
+        history.append(epoch, logs)
+        if verbose:
+            print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in logs.items()))
+        if resume is not None:
+            meta = {"epoch": epoch, "history": history.to_dict(),
+                    "callbacks": [cb.get_state() for cb in callbacks],
+                    "stop_training": trainer.stop_training}
+            arrays = {"train": trainer.state, "callbacks": [cb.get_arrays() for cb in callbacks]}
+            resume.save(epoch, arrays, meta)
+
+    for cb in callbacks:
+        cb.on_train_end(trainer)
+    history.state = trainer.state
+    return history

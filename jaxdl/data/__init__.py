@@ -12,3 +12,7 @@ __all__ = [
     "num_batches",
     "prefetch_to_device",
 ]
+
+from jaxdl.data import augment  # noqa: E402
+
+__all__ += ["augment"]

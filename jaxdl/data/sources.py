@@ -95,13 +95,11 @@ def _network_available(host: str = "storage.googleapis.com", port: int = 443, ti
 
 
 def _examples_to_arrays(source) -> tuple[np.ndarray, np.ndarray]:
-    n = len(source)
     images, labels = [], []
-    for start in range(0, n, 4096):
-        stop = min(n, start + 4096)
-        for ex in source.__getitems__(list(range(start, stop))):
-            images.append(np.asarray(ex["image"]))
-            labels.append(ex["label"])
+    for i in range(len(source)):
+        ex = source[i]
+        images.append(np.asarray(ex["image"]))
+        labels.append(ex["label"])
     x = np.stack(images).astype(np.float32) / 255.0
     if x.ndim == 3:
         x = x[..., None]

@@ -3,3 +3,30 @@
 from jaxdl.models.cnn import MnistCNN
 
 __all__ = ["MnistCNN"]
+
+# CNN zoo (issue 6): ResNet, DenseNet, EfficientNet, model summaries.
+from jaxdl.models.resnet import (  # noqa: E402
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+    ResNet152,
+    plain_cifar,
+    resnet_cifar,
+)
+
+__all__ += [
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "ResNet18",
+    "ResNet34",
+    "ResNet50",
+    "ResNet101",
+    "ResNet152",
+    "plain_cifar",
+    "resnet_cifar",
+]

@@ -4,6 +4,26 @@ from jaxdl.nn.pooling import max_pool
 
 __all__ = ["max_pool"]
 
+from jaxdl.nn.recurrent import (  # noqa: E402
+    RNN,
+    Bidirectional,
+    ElmanCell,
+    GRUCell,
+    LSTMCell,
+    StackedRNN,
+    flip_sequences,
+)
+
+__all__ += [
+    "Bidirectional",
+    "ElmanCell",
+    "GRUCell",
+    "LSTMCell",
+    "RNN",
+    "StackedRNN",
+    "flip_sequences",
+]
+
 from jaxdl.nn import initializers  # noqa: E402
 
 __all__ += ["initializers"]

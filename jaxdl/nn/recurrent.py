@@ -1,0 +1,541 @@
+"""Recurrent cells and the layers that run them over sequences.
+
+Cells follow flax.linen's carry-first contract, ``cell(carry, x_t) -> (carry, y_t)``, and keep the
+parameter layout fixed in DESIGN.md (fused gate matrices, Keras/PyTorch gate orders) so weights can
+be copied in from other frameworks:
+
+========== ========================== ============ =========================================
+cell       params                      gate order   carry
+========== ========================== ============ =========================================
+ElmanCell  w_i (in,H) w_h (H,H) b (H,)  --           h
+LSTMCell   w_i (in,4H) w_h (H,4H) b    i, f, g, o   (c, h)
+GRUCell    w_i (in,3H) w_h (H,3H)      r, z, n      h
+           b_i (3H,) b_h (3H,)
+========== ========================== ============ =========================================
+
+Besides ``__call__`` every cell exposes the two halves of a step as pure functions of its
+parameters: :meth:`~LSTMCell.project` (the input half ``x W_i + b``, which does not depend on the
+carry) and :meth:`~LSTMCell.step` (the recurrent half). :class:`RNN` uses them to compute the input
+half for all ``T`` steps as one ``(B*T, in) @ (in, G)`` matmul before the scan, so the sequential
+loop only holds the ``(B, H) @ (H, G)`` product that truly depends on the previous step.
+
+Initialisers follow Keras: Glorot-uniform input kernels, orthogonal recurrent kernels, zero biases
+(plus 1.0 on the LSTM forget gate, Jozefowicz et al. 2015).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Carry = Any
+Initializer = Callable[..., Array]
+
+__all__ = [
+    "Bidirectional",
+    "ElmanCell",
+    "GRUCell",
+    "LSTMCell",
+    "RNN",
+    "StackedRNN",
+    "flip_sequences",
+]
+
+
+def _check_features(name: str, features: int) -> None:
+    if not isinstance(features, int | np.integer) or features < 1:
+        raise ValueError(f"{name}: features must be a positive int, got {features!r}")
+
+
+def _zeros_carry(name: str, input_shape: Sequence[int], features: int, dtype) -> Array:
+    if len(input_shape) < 1:
+        raise ValueError(
+            f"{name}.initialize_carry: input_shape must be (*batch, in_features), got {input_shape}"
+        )
+    return jnp.zeros((*tuple(input_shape[:-1]), features), dtype)
+
+
+def _add_bias(y: Array, b: Array) -> Array:
+    """``y + b`` with ``b`` broadcast over leading axes explicitly (rank promotion raises)."""
+    return y + b.reshape((1,) * (y.ndim - b.ndim) + b.shape)
+
+
+class _FusedCell(nn.Module):
+    """Shared parameter plumbing: one compact method declares the parameters of a cell."""
+
+    features: int
+    kernel_init: Initializer = nn.initializers.glorot_uniform()
+    recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    # number of gate blocks G in the fused (in, G*H) and (H, G*H) matrices
+    _gates: ClassVar[int] = 1
+
+    def _param_shapes(self, in_features: int) -> dict[str, tuple[int, ...]]:
+        h, g = self.features, self._gates
+        return {"w_i": (in_features, g * h), "w_h": (h, g * h), "b": (g * h,)}
+
+    def _bias_init(self, name: str) -> Initializer:
+        return self.bias_init
+
+    @nn.compact
+    def weights(self, in_features: int) -> dict[str, Array]:
+        """Declare (at init) or fetch the cell's parameters, cast to ``dtype`` when one is set.
+
+        Raises ``ValueError`` if the stored ``w_i`` was built for a different input size.
+        """
+        _check_features(type(self).__name__, self.features)
+        if self.has_variable("params", "w_i"):
+            stored = self.get_variable("params", "w_i").shape
+            if stored[0] != in_features:
+                raise ValueError(
+                    f"{type(self).__name__}: inputs have {in_features} features but the "
+                    f"parameters were built for {stored[0]} (w_i has shape {stored}); expected "
+                    f"inputs of shape (..., {stored[0]})"
+                )
+        shapes = self._param_shapes(in_features)
+        params = {}
+        for name, shape in shapes.items():
+            if name.startswith("w_h"):
+                init = self.recurrent_kernel_init
+            elif name.startswith("w_"):
+                init = self.kernel_init
+            else:
+                init = self._bias_init(name)
+            params[name] = self.param(name, init, shape, self.param_dtype)
+        if self.dtype is not None:
+            params = {k: v.astype(self.dtype) for k, v in params.items()}
+        return params
+
+    @nn.nowrap
+    def initialize_carry(self, rng: Array, input_shape: Sequence[int]) -> Carry:
+        """The zero state for inputs of shape ``input_shape = (*batch, in_features)``."""
+        del rng  # zero initial state, as Keras and flax
+        return _zeros_carry(type(self).__name__, input_shape, self.features, self._carry_dtype())
+
+    def _carry_dtype(self):
+        return self.dtype if self.dtype is not None else self.param_dtype
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+    @nn.nowrap
+    def project(self, params: dict[str, Array], x: Array) -> Array:
+        """The input half of a step, any leading axes: ``x W_i + b``, shape ``(..., G*H)``."""
+        return _add_bias(x @ params["w_i"], params["b"])
+
+    def __call__(self, carry: Carry, x: Array) -> tuple[Carry, Array]:
+        """One step, ``(carry, x_t) -> (carry', y_t)``, with ``x_t`` of shape ``(*batch, in)``."""
+        if x.ndim < 1:
+            raise ValueError(
+                f"{type(self).__name__}: x must have shape (*batch, in), got {x.shape}"
+            )
+        params = self.weights(x.shape[-1])
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        return self.step(params, carry, self.project(params, x))
+
+
+class ElmanCell(_FusedCell):
+    """The Elman (simple) recurrent cell (Elman 1990), Keras's ``SimpleRNN`` cell.
+
+    .. math:: h_t = \\tanh(x_t W_i + h_{t-1} W_h + b), \\qquad y_t = h_t
+
+    The course's output projection ``y_t = h_t W_y + b_y`` is a ``Dense`` applied to every step;
+    see :class:`jaxdl.models.Forecaster` with ``return_sequences=True``.
+
+    Params: ``w_i (in, H)``, ``w_h (H, H)``, ``b (H,)``. Carry: ``h (*batch, H)``.
+    """
+
+    activation: Callable[[Array], Array] = jnp.tanh
+    _gates: ClassVar[int] = 1
+
+    @nn.nowrap
+    def step(self, params: dict[str, Array], h: Array, xp: Array) -> tuple[Array, Array]:
+        """``xp = x_t W_i + b`` precomputed; returns ``(h_t, h_t)``."""
+        h = self.activation(xp + h @ params["w_h"])  # (B, H)
+        return h, h
+
+
+class LSTMCell(_FusedCell):
+    """Long short-term memory (Hochreiter & Schmidhuber 1997), forget gate of Gers et al. (2000).
+
+    With ``z = x_t W_i + h_{t-1} W_h + b`` split into four ``H``-wide blocks in the order i, f, g, o
+    (Keras's and PyTorch's order):
+
+    .. math::
+        i = \\sigma(z_i),\\ f = \\sigma(z_f),\\ g = \\tanh(z_g),\\ o = \\sigma(z_o), \\qquad
+        c_t = f \\odot c_{t-1} + i \\odot g, \\qquad h_t = o \\odot \\tanh(c_t)
+
+    Params: ``w_i (in, 4H)``, ``w_h (H, 4H)``, ``b (4H,)``; the forget block of ``b`` starts at
+    ``forget_bias`` (1.0, Jozefowicz et al. 2015; Keras's ``unit_forget_bias``). Carry ``(c, h)``,
+    each ``(*batch, H)``; output ``y_t = h_t``.
+    """
+
+    forget_bias: float = 1.0
+    _gates: ClassVar[int] = 4
+
+    def _bias_init(self, name: str) -> Initializer:
+        base, h, fb = self.bias_init, self.features, self.forget_bias
+
+        def init(key, shape, dtype=jnp.float32):
+            b = base(key, shape, dtype)
+            return b.at[h : 2 * h].add(jnp.asarray(fb, dtype))
+
+        return init
+
+    @nn.nowrap
+    def initialize_carry(self, rng: Array, input_shape: Sequence[int]) -> Carry:
+        """``(c, h)``, both zeros of shape ``(*batch, H)``."""
+        h = super().initialize_carry(rng, input_shape)
+        return h, h
+
+    @nn.nowrap
+    def step(
+        self, params: dict[str, Array], carry: tuple[Array, Array], xp: Array
+    ) -> tuple[tuple[Array, Array], Array]:
+        """``xp = x_t W_i + b`` precomputed; returns ``((c_t, h_t), h_t)``."""
+        c, h = carry
+        z = xp + h @ params["w_h"]  # (B, 4H): the one recurrent matmul of the step
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (c, h), h
+
+
+class GRUCell(_FusedCell):
+    """Gated recurrent unit (Cho et al. 2014), gates in the order r, z, n.
+
+    .. math::
+        r = \\sigma(x W_{ir} + b_{ir} + h W_{hr} + b_{hr}), \\quad
+        z = \\sigma(x W_{iz} + b_{iz} + h W_{hz} + b_{hz})
+
+    ``reset_after=True`` (cuDNN, Keras's default, PyTorch): the reset gate scales the recurrent
+    product,
+
+    .. math:: n = \\tanh(x W_{in} + b_{in} + r \\odot (h W_{hn} + b_{hn}))
+
+    ``reset_after=False`` (the paper): the reset gate scales the state before the product,
+
+    .. math:: n = \\tanh(x W_{in} + b_{in} + (r \\odot h) W_{hn} + b_{hn})
+
+    and in both :math:`h_t = (1 - z) \\odot n + z \\odot h_{t-1}`.
+
+    Params: ``w_i (in, 3H)``, ``w_h (H, 3H)``, ``b_i (3H,)``, ``b_h (3H,)``. Carry ``h``.
+    """
+
+    reset_after: bool = True
+    _gates: ClassVar[int] = 3
+
+    def _param_shapes(self, in_features: int) -> dict[str, tuple[int, ...]]:
+        h = self.features
+        return {"w_i": (in_features, 3 * h), "w_h": (h, 3 * h), "b_i": (3 * h,), "b_h": (3 * h,)}
+
+    @nn.nowrap
+    def project(self, params: dict[str, Array], x: Array) -> Array:
+        """``x W_i + b_i``, ``(..., 3H)``."""
+        return _add_bias(x @ params["w_i"], params["b_i"])
+
+    @nn.nowrap
+    def step(self, params: dict[str, Array], h: Array, xp: Array) -> tuple[Array, Array]:
+        """``xp = x_t W_i + b_i`` precomputed; returns ``(h_t, h_t)``."""
+        H = self.features
+        w_h, b_h = params["w_h"], params["b_h"]
+        x_r, x_z, x_n = jnp.split(xp, 3, axis=-1)
+        if self.reset_after:
+            hp = _add_bias(h @ w_h, b_h)  # (B, 3H): one fused recurrent matmul
+            h_r, h_z, h_n = jnp.split(hp, 3, axis=-1)
+            r = jax.nn.sigmoid(x_r + h_r)
+            z = jax.nn.sigmoid(x_z + h_z)
+            n = jnp.tanh(x_n + r * h_n)
+        else:
+            hp = _add_bias(h @ w_h[:, : 2 * H], b_h[: 2 * H])  # (B, 2H): r and z
+            h_r, h_z = jnp.split(hp, 2, axis=-1)
+            r = jax.nn.sigmoid(x_r + h_r)
+            z = jax.nn.sigmoid(x_z + h_z)
+            n = jnp.tanh(x_n + _add_bias((r * h) @ w_h[:, 2 * H :], b_h[2 * H :]))
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+
+def flip_sequences(x: Array, seq_lengths: Array | None, time_axis: int = 1) -> Array:
+    """Reverse each sequence over its own valid steps, leaving the padding at the end.
+
+    ``out[b, t] = x[b, L_b - 1 - t]`` for ``t < L_b`` (padding positions are permuted among
+    themselves). Applying it twice is the identity. Without ``seq_lengths`` it is ``jnp.flip``.
+    """
+    if seq_lengths is None:
+        return jnp.flip(x, axis=time_axis)
+    T = x.shape[time_axis]
+    t = jnp.arange(T)
+    batch_axis = 1 - time_axis  # time-major (T, B, ...) or batch-major (B, T, ...)
+    lengths = jnp.expand_dims(seq_lengths, time_axis)  # (1, B) or (B, 1)
+    t = jnp.expand_dims(t, batch_axis)  # (T, 1) or (1, T)
+    idx = (lengths - 1 - t) % T  # valid: L-1-t; padding: T+L-1-t, stays in [L, T)
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=time_axis)
+
+
+def _where_tree(mask: Array, new, old):
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(mask, n, o), new, old)
+
+
+def _validate_lengths(seq_lengths, batch: int, T: int) -> Array:
+    seq_lengths = jnp.asarray(seq_lengths)
+    if seq_lengths.shape != (batch,):
+        raise ValueError(
+            f"RNN: seq_lengths must have shape (batch,) = ({batch},), got {seq_lengths.shape}"
+        )
+    if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
+        raise ValueError(f"RNN: seq_lengths must be integers, got dtype {seq_lengths.dtype}")
+    if not isinstance(seq_lengths, jax.core.Tracer):
+        lo, hi = int(jnp.min(seq_lengths)), int(jnp.max(seq_lengths))
+        if lo < 0 or hi > T:
+            raise ValueError(
+                f"RNN: seq_lengths must lie in [0, T] = [0, {T}], got values in [{lo}, {hi}]"
+            )
+    return seq_lengths
+
+
+class RNN(nn.Module):
+    """Run a cell over the time axis with one scan, as ``flax.linen.RNN``.
+
+    ``x (B, T, in) -> y (B, T, H)``, or ``(carry, y)`` with ``return_carry=True``. For the jaxdl
+    cells the input projection ``x W_i + b`` of all ``T`` steps is one matmul outside the scan,
+    and the scan body holds only the recurrent product and the gate nonlinearities. Any other
+    flax cell (one without ``weights``/``project``/``step``) is scanned step by step with
+    ``nn.scan``.
+
+    ``seq_lengths`` (shape ``(B,)``, values in ``[0, T]``) marks right-padded batches: past each
+    sequence's end the carry is frozen (so the returned carry is the state after the last valid
+    step) and the outputs are zero. With ``reverse=True`` each sequence is run backwards from its
+    own last valid step (:func:`flip_sequences`); the outputs come back in processing order unless
+    ``keep_order=True`` aligns them with the inputs (flax's semantics). Values of ``seq_lengths``
+    are range-checked when concrete; under ``jit`` they are the caller's responsibility.
+
+    ``unroll`` is passed to :func:`jax.lax.scan`: unrolling a few steps lets XLA fuse across step
+    boundaries, at the cost of compile time.
+    """
+
+    cell: nn.Module
+    reverse: bool = False
+    return_carry: bool = False
+    unroll: int = 1
+    keep_order: bool = False
+    time_major: bool = False
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Carry | None = None,
+        init_key: Array | None = None,
+        seq_lengths: Array | None = None,
+        return_carry: bool | None = None,
+        time_major: bool | None = None,
+        reverse: bool | None = None,
+        keep_order: bool | None = None,
+    ):
+        return_carry = self.return_carry if return_carry is None else return_carry
+        time_major = self.time_major if time_major is None else time_major
+        reverse = self.reverse if reverse is None else reverse
+        keep_order = self.keep_order if keep_order is None else keep_order
+        if self.unroll < 1:
+            raise ValueError(f"RNN: unroll must be >= 1, got {self.unroll}")
+        if inputs.ndim != 3:
+            layout = "(time, batch, features)" if time_major else "(batch, time, features)"
+            raise ValueError(f"RNN: inputs must have rank 3, {layout}; got shape {inputs.shape}")
+
+        x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # (T, B, in)
+        T, B, n_in = x.shape
+        if seq_lengths is not None:
+            seq_lengths = _validate_lengths(seq_lengths, B, T)
+        if reverse:
+            x = flip_sequences(x, seq_lengths, time_axis=0)
+
+        if initial_carry is None:
+            key = jax.random.key(0) if init_key is None else init_key
+            carry = self.cell.initialize_carry(key, (B, n_in))
+        else:
+            carry = initial_carry
+
+        valid = None
+        if seq_lengths is not None:
+            valid = (jnp.arange(T)[:, None] < seq_lengths[None, :])[..., None]  # (T, B, 1)
+
+        if all(hasattr(self.cell, a) for a in ("weights", "project", "step")):
+            carry, ys = self._scan_fused(x, carry, valid)
+        else:
+            carry, ys = self._scan_generic(x, carry, valid)
+
+        if reverse and keep_order:
+            ys = flip_sequences(ys, seq_lengths, time_axis=0)
+        if not time_major:
+            ys = jnp.swapaxes(ys, 0, 1)  # (B, T, H)
+        return (carry, ys) if return_carry else ys
+
+    def _scan_fused(self, x: Array, carry: Carry, valid: Array | None):
+        cell = self.cell
+        params = cell.weights(x.shape[-1])
+        if cell.dtype is not None:
+            x = x.astype(cell.dtype)
+        xp = cell.project(params, x)  # (T, B, G): every step's input half in one matmul
+        # the zero carry is made in param_dtype; the scan needs it in the computation dtype
+        carry = jax.tree_util.tree_map(lambda c: c.astype(xp.dtype), carry)
+
+        if valid is None:
+
+            def body(c, xp_t):
+                return cell.step(params, c, xp_t)
+
+            return jax.lax.scan(body, carry, xp, unroll=self.unroll)
+
+        def masked_body(c, inp):
+            xp_t, v = inp
+            new_c, y = cell.step(params, c, xp_t)
+            return _where_tree(v, new_c, c), jnp.where(v, y, jnp.zeros_like(y))
+
+        return jax.lax.scan(masked_body, carry, (xp, valid), unroll=self.unroll)
+
+    def _scan_generic(self, x: Array, carry: Carry, valid: Array | None):
+        if valid is None:
+            valid = jnp.ones(x.shape[:2] + (1,), bool)
+
+        def body(cell, c, inp):
+            x_t, v = inp
+            new_c, y = cell(c, x_t)
+            return _where_tree(v, new_c, c), jnp.where(v, y, jnp.zeros_like(y))
+
+        scan = nn.scan(
+            body,
+            variable_broadcast="params",
+            split_rngs={"params": False},
+            in_axes=0,
+            out_axes=0,
+            unroll=self.unroll,
+        )
+        return scan(self.cell, carry, (x, valid))
+
+
+_MERGES: dict[str, Callable[[Array, Array], Array]] = {
+    "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
+    "sum": lambda a, b: a + b,
+    "mul": lambda a, b: a * b,
+    "ave": lambda a, b: 0.5 * (a + b),
+}
+
+
+class Bidirectional(nn.Module):
+    """Run ``forward_rnn`` forwards and ``backward_rnn`` backwards and merge, as flax's layer.
+
+    The backward RNN runs over each sequence's valid steps from the last one to the first
+    (``reverse=True, keep_order=True``), so its output at step ``t`` summarises ``x[t:L]`` and is
+    aligned with the input. ``merge``: ``"concat"`` (``(B, T, 2H)``, forward half first), ``"sum"``,
+    ``"mul"``, ``"ave"`` (Keras's merge modes) or a callable ``(fwd, bwd) -> y``. The carry is
+    ``(forward_carry, backward_carry)``; the backward carry is the state after reading ``x[0]``.
+    """
+
+    forward_rnn: nn.Module
+    backward_rnn: nn.Module
+    merge: str | Callable[[Array, Array], Array] = "concat"
+    return_carry: bool = False
+    time_major: bool = False
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Carry | None = None,
+        init_key: Array | None = None,
+        seq_lengths: Array | None = None,
+        return_carry: bool | None = None,
+        time_major: bool | None = None,
+        reverse: bool | None = None,
+        keep_order: bool | None = None,
+    ):
+        # reverse/keep_order are accepted for flax's RNNBase protocol; they mean nothing here
+        del reverse, keep_order
+        if callable(self.merge):
+            merge_fn = self.merge
+        elif self.merge in _MERGES:
+            merge_fn = _MERGES[self.merge]
+        else:
+            raise ValueError(
+                f"Bidirectional: merge must be one of {sorted(_MERGES)} or a callable, "
+                f"got {self.merge!r}"
+            )
+        return_carry = self.return_carry if return_carry is None else return_carry
+        time_major = self.time_major if time_major is None else time_major
+        kf = kb = None
+        if init_key is not None:
+            kf, kb = jax.random.split(init_key)
+        cf = cb = None
+        if initial_carry is not None:
+            cf, cb = initial_carry
+        carry_f, y_f = self.forward_rnn(
+            inputs,
+            initial_carry=cf,
+            init_key=kf,
+            seq_lengths=seq_lengths,
+            return_carry=True,
+            time_major=time_major,
+            reverse=False,
+        )
+        carry_b, y_b = self.backward_rnn(
+            inputs,
+            initial_carry=cb,
+            init_key=kb,
+            seq_lengths=seq_lengths,
+            return_carry=True,
+            time_major=time_major,
+            reverse=True,
+            keep_order=True,
+        )
+        y = jax.tree_util.tree_map(merge_fn, y_f, y_b)
+        return ((carry_f, carry_b), y) if return_carry else y
+
+
+class StackedRNN(nn.Module):
+    """Layers (:class:`RNN` or :class:`Bidirectional`) applied in turn, dropout between them.
+
+    ``y = L_n(D(... D(L_1(x))))`` where ``D`` is dropout with ``dropout_rate`` on each layer's
+    output sequence except the last one's (PyTorch's ``nn.LSTM(num_layers, dropout=...)``). It is
+    active only with ``train=True`` and draws from the ``'dropout'`` rng stream. ``seq_lengths`` is
+    passed to every layer; padded outputs stay zero. With ``return_carry`` the carry is the tuple of
+    the layers' final carries.
+    """
+
+    layers: Sequence[nn.Module]
+    dropout_rate: float = 0.0
+    return_carry: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        seq_lengths: Array | None = None,
+        train: bool = False,
+        return_carry: bool | None = None,
+    ):
+        if not self.layers:
+            raise ValueError("StackedRNN: layers must be a non-empty sequence of RNN layers")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"StackedRNN: dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        return_carry = self.return_carry if return_carry is None else return_carry
+        x, carries = inputs, []
+        for k, layer in enumerate(self.layers):
+            carry, x = layer(x, seq_lengths=seq_lengths, return_carry=True)
+            carries.append(carry)
+            if k + 1 < len(self.layers) and self.dropout_rate > 0.0:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return (tuple(carries), x) if return_carry else x

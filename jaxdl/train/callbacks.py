@@ -135,8 +135,13 @@ class EarlyStopping(Callback):
             trainer.state = trainer.state.replace(params=params)
 
     def get_state(self):
-        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
-                "stopped_epoch": self.stopped_epoch, "has_best_weights": self.best_weights is not None}
+        return {
+            "wait": self.wait,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "has_best_weights": self.best_weights is not None,
+        }
 
     def set_state(self, state):
         self.wait, self.best = state["wait"], state["best"]
@@ -146,7 +151,11 @@ class EarlyStopping(Callback):
         return trainer.state.params if self.restore_best_weights else {}
 
     def get_arrays(self):
-        return self.best_weights if (self.restore_best_weights and self.best_weights is not None) else {}
+        return (
+            self.best_weights
+            if (self.restore_best_weights and self.best_weights is not None)
+            else {}
+        )
 
     def set_arrays(self, arrays):
         if self.restore_best_weights:
@@ -240,8 +249,9 @@ class ReduceLROnPlateau(Callback):
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must be in (0, 1), got {factor}")
         if patience < 0 or cooldown < 0 or min_lr < 0:
-            raise ValueError("patience, cooldown and min_lr must be >= 0, got "
-                             f"{patience}, {cooldown}, {min_lr}")
+            raise ValueError(
+                f"patience, cooldown and min_lr must be >= 0, got {patience}, {cooldown}, {min_lr}"
+            )
         self.monitor = monitor
         self.factor = factor
         self.patience = patience

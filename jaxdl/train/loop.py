@@ -142,6 +142,49 @@ def evaluate(
     return _evaluate(make_eval_step(model, loss_fn=loss_fn), state, x, y, batch_size)
 
 
+def _run_epoch(train_step, state, batches, steps: int, desc: str, verbose: bool):
+    """One pass over ``batches``; returns the new state and the epoch's metric sums.
+
+    The loss of step ``t`` is read on the host only after step ``t + 1`` has been dispatched, so
+    the device never waits for the NaN check or the progress bar; the error still names step ``t``.
+    """
+    bar = tqdm(total=steps, desc=desc, disable=not verbose, unit="batch")
+    sums: dict[str, jax.Array] | None = None
+    pending: tuple[int, dict[str, jax.Array]] | None = None
+    start, seen = time.perf_counter(), 0
+
+    def check(step: int, metrics: dict[str, jax.Array]) -> None:
+        loss = float(metrics["loss_sum"]) / float(metrics["count"])
+        if not np.isfinite(loss):
+            bar.close()
+            raise NonFiniteLossError(
+                f"training loss is {loss} at step {step} ({desc}); stopping. Common causes: a "
+                "learning rate too large, log of 0, bad input values."
+            )
+        postfix = {k: f"{v:.4f}" for k, v in _summarise(sums).items()}
+        postfix["ex/s"] = f"{seen / max(time.perf_counter() - start, 1e-9):.0f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+
+    step = int(state.step)
+    for xb, yb in batches:
+        state, metrics = train_step(state, xb, yb)
+        seen += len(xb)
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        if pending is not None:
+            check(*pending)
+        pending = (step, metrics)
+        step += 1
+    if pending is None:
+        raise ValueError(
+            "an epoch produced no batch: is batch_size larger than the data "
+            "with drop_remainder=True?"
+        )
+    check(*pending)
+    bar.close()
+    return state, sums
+
+
 def fit(
     model: nn.Module,
     optimizer: optax.GradientTransformation | None = None,
@@ -218,8 +261,9 @@ def fit(
     if resume is not None and resume.latest_step() is not None:
         restored, meta = resume.restore(resume_target())
         trainer.state = restored["train"]
-        for cb, cb_state, cb_arrays in zip(callbacks, meta["callbacks"], restored["callbacks"],
-                                           strict=True):
+        for cb, cb_state, cb_arrays in zip(
+            callbacks, meta["callbacks"], restored["callbacks"], strict=True
+        ):
             cb.set_state(cb_state)
             cb.set_arrays(cb_arrays)
         history = History.from_dict(meta["history"])
@@ -235,49 +279,21 @@ def fit(
     for epoch in range(start_epoch, epochs):
         if trainer.stop_training:
             break
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not verbose,
-                   unit="batch", leave=True)
         batches = prefetch_to_device(
-            iterate_batches((x, y), batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
-                            drop_remainder=drop_remainder)
+            iterate_batches(
+                (x, y),
+                batch_size,
+                shuffle=shuffle,
+                seed=seed,
+                epoch=epoch,
+                drop_remainder=drop_remainder,
+            )
         )
-        state = trainer.state
-        sums: dict[str, jax.Array] | None = None
-        pending: tuple[int, dict[str, jax.Array]] | None = None
-        t0, seen = time.perf_counter(), 0
-
-        def check(step_and_metrics, running):
-            # Reading step t's loss after dispatching step t+1 keeps the device busy while the host
-            # checks for NaN/inf; the error still names the exact step.
-            step, m = step_and_metrics
-            loss = float(m["loss_sum"]) / float(m["count"])
-            if not np.isfinite(loss):
-                bar.close()
-                raise NonFiniteLossError(
-                    f"training loss is {loss} at step {step} (epoch {epoch + 1}); stopping. "
-                    "Common causes: a learning rate too large, log of 0, bad input values."
-                )
-            logs = _summarise(running)
-            postfix = {k: f"{v:.4f}" for k, v in logs.items()}
-            postfix["ex/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-
-        for xb, yb in batches:
-            step_number = int(state.step) if pending is None else pending[0] + 1
-            state, metrics = train_step(state, xb, yb)
-            seen += len(xb)
-            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-            if pending is not None:
-                check(pending, sums)
-            pending = (step_number, metrics)
-        check(pending, sums)
-        bar.close()
-        trainer.state = state
-
+        desc = f"epoch {epoch + 1}/{epochs}"
+        trainer.state, sums = _run_epoch(train_step, trainer.state, batches, steps, desc, verbose)
         logs = _summarise(sums)
         if val_data is not None:
-            logs.update(_evaluate(eval_step, state, xv, yv, eval_batch_size, prefix="val_"))
+            logs.update(_evaluate(eval_step, trainer.state, xv, yv, eval_batch_size, prefix="val_"))
         lr = trainer.learning_rate
         if lr is not None:
             logs["lr"] = lr
@@ -286,12 +302,16 @@ def fit(
             cb.on_epoch_end(epoch, logs, trainer)
         history.append(epoch, logs)
         if verbose:
-            print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
-                f"{k}={v:.4g}" for k, v in logs.items()))
+            print(
+                f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items())
+            )
         if resume is not None:
-            meta = {"epoch": epoch, "history": history.to_dict(),
-                    "callbacks": [cb.get_state() for cb in callbacks],
-                    "stop_training": trainer.stop_training}
+            meta = {
+                "epoch": epoch,
+                "history": history.to_dict(),
+                "callbacks": [cb.get_state() for cb in callbacks],
+                "stop_training": trainer.stop_training,
+            }
             arrays = {"train": trainer.state, "callbacks": [cb.get_arrays() for cb in callbacks]}
             resume.save(epoch, arrays, meta)
 

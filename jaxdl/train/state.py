@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import flax
@@ -39,6 +40,16 @@ class TrainState:
         return jax.random.fold_in(self.rng, self.step)
 
 
+def train_kwargs(model: nn.Module, train: bool) -> dict[str, bool]:
+    """``{"train": train}`` if the model's ``__call__`` takes a ``train`` flag (the jaxdl
+    convention), else ``{}`` -- so plain flax modules such as ``nn.Dense`` train too."""
+    try:
+        accepts = "train" in inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    return {"train": train} if accepts else {}
+
+
 def as_raw_key(rng: int | jax.Array) -> jax.Array:
     """Accept a seed, a typed key or a raw key; return the raw ``uint32[2]`` form orbax can store."""
     if isinstance(rng, int):
@@ -70,7 +81,7 @@ def create_train_state(
     init_key, step_rng = jax.random.split(as_raw_key(rng))
     k_params, k_dropout = jax.random.split(init_key)
     init_keys = {"params": k_params, "dropout": k_dropout}
-    variables = jax.jit(lambda x: model.init(init_keys, x, train=False))(sample_x)
+    variables = jax.jit(lambda x: model.init(init_keys, x, **train_kwargs(model, False)))(sample_x)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     return TrainState(

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdl import losses
-from jaxdl.train.state import TrainState
+from jaxdl.train.state import TrainState, train_kwargs
 
 LossFn = Callable[..., jax.Array]  # loss_fn(logits, labels, reduction="none") -> per-example
 
@@ -69,7 +69,11 @@ def make_train_step(
         def objective(params):
             variables = {**_variables(state), "params": params}
             out = model.apply(
-                variables, x, train=True, rngs={"dropout": k_dropout}, mutable=mutable
+                variables,
+                x,
+                **train_kwargs(model, True),
+                rngs={"dropout": k_dropout},
+                mutable=mutable,
             )
             outputs, new_vars = out if mutable else (out, {})
             per_example = _per_example(loss_fn, outputs, y)  # (N,)
@@ -104,7 +108,7 @@ def make_eval_step(
     loss_fn = loss_fn or losses.cross_entropy
 
     def eval_step(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
-        outputs = model.apply(_variables(state), x, train=False)
+        outputs = model.apply(_variables(state), x, **train_kwargs(model, False))
         metrics = {
             "loss_sum": jnp.sum(_per_example(loss_fn, outputs, y) * mask),
             "count": jnp.sum(mask),

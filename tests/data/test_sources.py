@@ -8,8 +8,9 @@ from jaxdl import data
 from jaxdl.data import sources
 
 
-@pytest.mark.parametrize("name, n_train, n_test, hw", [("mnist_5k", 4000, 1000, 28),
-                                                        ("digits", 1437, 360, 8)])
+@pytest.mark.parametrize(
+    "name, n_train, n_test, hw", [("mnist_5k", 4000, 1000, 28), ("digits", 1437, 360, 8)]
+)
 def test_offline_split_sizes_dtypes_ranges(name, n_train, n_test, hw):
     x, y = data.load(name, "train")
     xt, yt = data.load(name, "test")

@@ -41,9 +41,12 @@ def test_forward_matches_a_reference_built_from_flax_max_pool():
     p = variables["params"]
 
     def reference(params, x):
-        conv = lambda x, q: jax.lax.conv_general_dilated(  # noqa: E731
-            x, q["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        ) + q["bias"].reshape(1, 1, 1, -1)
+        conv = lambda x, q: (
+            jax.lax.conv_general_dilated(  # noqa: E731
+                x, q["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            + q["bias"].reshape(1, 1, 1, -1)
+        )
         x = max_pool_reference(jax.nn.relu(conv(x, params["Conv_0"])))
         x = max_pool_reference(jax.nn.relu(conv(x, params["Conv_1"])))
         x = x.reshape(x.shape[0], -1)

@@ -30,3 +30,12 @@ __all__ += [
     "plain_cifar",
     "resnet_cifar",
 ]
+from jaxdl.models.densenet import (  # noqa: E402
+    DenseNet,
+    DenseNet121,
+    DenseNet169,
+    DenseNet201,
+    densenet_cifar,
+)
+
+__all__ += ["DenseNet", "DenseNet121", "DenseNet169", "DenseNet201", "densenet_cifar"]

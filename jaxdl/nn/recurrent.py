@@ -290,20 +290,22 @@ def _where_tree(mask: Array, new, old):
 
 
 def _validate_lengths(seq_lengths, batch: int, T: int) -> Array:
-    seq_lengths = jnp.asarray(seq_lengths)
+    if not isinstance(seq_lengths, jax.Array):
+        seq_lengths = np.asarray(seq_lengths)
     if seq_lengths.shape != (batch,):
         raise ValueError(
             f"RNN: seq_lengths must have shape (batch,) = ({batch},), got {seq_lengths.shape}"
         )
     if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
         raise ValueError(f"RNN: seq_lengths must be integers, got dtype {seq_lengths.dtype}")
-    if not isinstance(seq_lengths, jax.core.Tracer):
-        lo, hi = int(jnp.min(seq_lengths)), int(jnp.max(seq_lengths))
+    if not isinstance(seq_lengths, jax.core.Tracer) and seq_lengths.size:
+        concrete = np.asarray(seq_lengths)  # NumPy, so the check also runs inside a jit trace
+        lo, hi = int(concrete.min()), int(concrete.max())
         if lo < 0 or hi > T:
             raise ValueError(
                 f"RNN: seq_lengths must lie in [0, T] = [0, {T}], got values in [{lo}, {hi}]"
             )
-    return seq_lengths
+    return jnp.asarray(seq_lengths)
 
 
 class RNN(nn.Module):

@@ -105,7 +105,7 @@ class CellFormulaTest(chex.TestCase):
             carry, jax.tree_util.tree_map(lambda a: a.astype(np.float32), ref_carry), atol=1e-5
         )
 
-    @chex.variants(with_jit=True, without_jit=True)
+    @chex.variants(with_jit=True)
     @parameterized.named_parameters(*[(k, k) for k in CELLS])
     def test_rnn_equals_python_loop_over_cell(self, name):
         make, _ = CELLS[name]
@@ -119,8 +119,8 @@ class CellFormulaTest(chex.TestCase):
         for t in range(T):
             carry, y_t = step(carry, x[:, t])
             ys.append(y_t)
-        for unroll in (1, 4):
-            out_carry, y = nn.RNN(cell, return_carry=True, unroll=unroll).apply(v, x)
+        for unroll in (1, 4) if name == "lstm" else (1,):
+            out_carry, y = jax.jit(nn.RNN(cell, return_carry=True, unroll=unroll).apply)(v, x)
             chex.assert_trees_all_close(y, jnp.stack(ys, 1), atol=1e-6)
             chex.assert_trees_all_close(out_carry, carry, atol=1e-6)
 
@@ -212,8 +212,10 @@ def _padded_batch(seed=5):
     return jnp.asarray(x)
 
 
-@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
-@pytest.mark.parametrize("reverse, keep_order", [(False, False), (True, True), (True, False)])
+@pytest.mark.parametrize(
+    "name, reverse, keep_order",
+    [("elman", False, False), ("lstm", False, False), ("lstm", True, True), ("gru", True, False)],
+)
 def test_padded_batch_equals_each_sequence_alone(name, reverse, keep_order):
     make, _ = CELLS[name]
     rnn = nn.RNN(make(), return_carry=True, reverse=reverse, keep_order=keep_order)
@@ -278,6 +280,7 @@ def test_gradients_match_finite_differences(name):
         v = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), _random_variables(rnn, x))
         w = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, H)))
 
+        @jax.jit
         def loss(v, x):
             return jnp.sum(w * rnn.apply(v, x, seq_lengths=lengths) ** 2)
 
@@ -286,7 +289,7 @@ def test_gradients_match_finite_differences(name):
         g_flat, _ = jax.flatten_util.ravel_pytree((gv, gx))
         rng = np.random.default_rng(2)
         eps = 1e-6
-        for _ in range(6):
+        for _ in range(3):
             d = jnp.asarray(rng.normal(size=flat.shape))
             fd = (loss(*unravel(flat + eps * d)) - loss(*unravel(flat - eps * d))) / (2 * eps)
             np.testing.assert_allclose(float(g_flat @ d), float(fd), rtol=1e-6, atol=1e-8)

@@ -39,3 +39,39 @@ from jaxdl.models.densenet import (  # noqa: E402
 )
 
 __all__ += ["DenseNet", "DenseNet121", "DenseNet169", "DenseNet201", "densenet_cifar"]
+from jaxdl.models.efficientnet import (  # noqa: E402
+    EfficientNet,
+    EfficientNetB0,
+    EfficientNetB1,
+    EfficientNetB2,
+    EfficientNetB3,
+    EfficientNetB4,
+    EfficientNetB5,
+    EfficientNetB6,
+    EfficientNetB7,
+    MBConv,
+    compound_scaling,
+    round_filters,
+    round_repeats,
+)
+
+__all__ += [
+    "EfficientNet",
+    "EfficientNetB0",
+    "EfficientNetB1",
+    "EfficientNetB2",
+    "EfficientNetB3",
+    "EfficientNetB4",
+    "EfficientNetB5",
+    "EfficientNetB6",
+    "EfficientNetB7",
+    "MBConv",
+    "compound_scaling",
+    "round_filters",
+    "round_repeats",
+]
+
+# Sequence models (issue 5): recurrent classifier and forecaster.
+from jaxdl.models.sequence import Forecaster, SequenceClassifier  # noqa: E402
+
+__all__ += ["Forecaster", "SequenceClassifier"]

@@ -67,8 +67,10 @@ def reduce_on_plateau(
     otherwise, outside a cool-down, the counter grows and when it reaches ``patience`` the scale
     becomes :math:`\max(s \cdot \text{factor}, \text{min\_scale})`, the counter resets and a
     cool-down of ``cooldown`` decisions starts, during which the counter stays at 0 (the best
-    value is still tracked). This is Keras's ``ReduceLROnPlateau`` logic with a relative
-    tolerance added, and optax.contrib's for positive values and no cool-down.
+    value is still tracked). This is the logic of PyTorch's ``ReduceLROnPlateau`` and of
+    ``optax.contrib.reduce_on_plateau`` (identical to the latter for positive values), with the
+    relative bar taken on :math:`|b|`; Keras's ``min_delta`` is ``atol`` with ``rtol=0``, and Keras
+    already counts the last cool-down epoch towards ``patience``.
 
     Args:
         factor: multiplier in (0, 1).

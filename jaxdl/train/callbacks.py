@@ -230,10 +230,10 @@ class ReduceLROnPlateau(Callback):
     ``wait``; at ``wait >= patience`` the rate becomes ``max(lr * factor, min_lr)`` (if it is above
     ``min_lr``), cooldown starts and ``wait`` resets.
 
-    The rate lives in the optimizer state as a multiplier (:mod:`jaxdl.train.lr_scale`), so the change
-    takes effect at the next step without recompiling. ``min_lr`` is absolute and needs the base rate:
-    use an optimizer that keeps its learning rate in its state (``optax.inject_hyperparams``), or
-    leave ``min_lr=0``.
+    The rate lives in the optimizer state as a multiplier (see :func:`jaxdl.train.loop.with_learning_rate_state`), so the change
+    takes effect at the next step without recompiling. ``min_lr`` is absolute and needs the rate:
+    every :mod:`jaxdl.optim` optimizer and ``optax.inject_hyperparams`` reveal it; with another
+    optimizer leave ``min_lr=0``.
     """
 
     def __init__(
@@ -264,10 +264,11 @@ class ReduceLROnPlateau(Callback):
         self.cooldown_counter = 0
 
     def on_train_begin(self, trainer):
-        if self.min_lr > 0 and trainer.base_learning_rate is None:
+        if self.min_lr > 0 and trainer.learning_rate is None:
             raise ValueError(
-                "ReduceLROnPlateau(min_lr>0) needs the base learning rate, but the optimizer does not "
-                "keep it in its state; build it with optax.inject_hyperparams or use min_lr=0"
+                "ReduceLROnPlateau(min_lr>0) needs to know the learning rate, but this optimizer "
+                "does not keep it in its state; use a jaxdl.optim optimizer, "
+                "optax.inject_hyperparams, or min_lr=0"
             )
 
     def _improves(self, current: float) -> bool:
@@ -286,13 +287,16 @@ class ReduceLROnPlateau(Callback):
         elif self.cooldown_counter == 0:
             self.wait += 1
             if self.wait >= self.patience:
-                base = trainer.base_learning_rate or 1.0
-                min_scale = self.min_lr / base
-                old = trainer.lr_scale
-                if np.float32(old) > np.float32(min_scale):
-                    trainer.lr_scale = max(old * self.factor, min_scale)
-                    self.cooldown_counter = self.cooldown
-                    self.wait = 0
+                lr = trainer.learning_rate
+                if lr is None:  # rate unknown (then min_lr == 0): scale it directly
+                    trainer.lr_scale = trainer.lr_scale * self.factor
+                elif np.float32(lr) > np.float32(self.min_lr):
+                    new_lr = max(lr * self.factor, self.min_lr)
+                    trainer.lr_scale = trainer.lr_scale * new_lr / lr
+                else:
+                    return
+                self.cooldown_counter = self.cooldown
+                self.wait = 0
 
     def get_state(self):
         return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}

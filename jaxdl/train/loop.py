@@ -14,8 +14,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxdl import optim
 from jaxdl.data.batching import iterate_batches, num_batches, prefetch_to_device
-from jaxdl.train import lr_scale as lrs
+from jaxdl.optim.transforms import ScaleByLearningRateState
 from jaxdl.train.callbacks import Callback
 from jaxdl.train.checkpoint import Checkpointer
 from jaxdl.train.state import TrainState, create_train_state
@@ -27,8 +28,41 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def default_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
-    """The course's recipe: Adam with learning rate 1e-3, the rate kept in the optimizer state."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    """The course's recipe: Adam (:func:`jaxdl.optim.adam`) with learning rate 1e-3."""
+    return optim.adam(learning_rate)
+
+
+def _holds_learning_rate_state(opt_state: Any) -> bool:
+    is_lr = lambda n: isinstance(n, ScaleByLearningRateState)  # noqa: E731
+    return any(is_lr(n) for n in jax.tree.leaves(opt_state, is_leaf=is_lr))
+
+
+def _injected_learning_rate(opt_state: Any) -> float | None:
+    """The rate of an ``optax.inject_hyperparams`` optimizer, if that is what we were given."""
+    has_hp = lambda n: hasattr(n, "hyperparams")  # noqa: E731
+    for node in jax.tree.leaves(opt_state, is_leaf=has_hp):
+        if has_hp(node) and "learning_rate" in node.hyperparams:
+            return float(node.hyperparams["learning_rate"])
+    return None
+
+
+def with_learning_rate_state(
+    optimizer: optax.GradientTransformation, params: Any
+) -> tuple[optax.GradientTransformation, bool]:
+    """Make sure the optimizer's state carries a learning-rate ``scale`` callbacks can change.
+
+    jaxdl's aliases end in :func:`jaxdl.optim.scale_by_learning_rate`, whose state holds the rate
+    and a ``scale``: they are returned as they are (``native=True``). Any other optax optimizer is
+    followed by ``scale_by_learning_rate(1.0, flip_sign=False)``, a pure multiplier on its final
+    update -- which, for an update linear in the learning rate (all of optax's), is the same as
+    multiplying the learning rate.
+
+    Returns:
+      ``(optimizer, native)``.
+    """
+    if _holds_learning_rate_state(jax.eval_shape(optimizer.init, params)):
+        return optimizer, True
+    return optax.chain(optimizer, optim.scale_by_learning_rate(1.0, flip_sign=False)), False
 
 
 class History:
@@ -58,24 +92,31 @@ class History:
 class Trainer:
     """The running fit as callbacks see it: the state, the stop flag, the learning rate."""
 
-    def __init__(self, state: TrainState, workdir: str | None):
+    def __init__(self, state: TrainState, workdir: str | None, native_learning_rate: bool = True):
         self.state = state
         self.workdir = workdir
         self.stop_training = False
-        self.base_learning_rate = lrs.find_learning_rate(state.opt_state[0])
+        self._native = native_learning_rate
+        self._injected = None if native_learning_rate else _injected_learning_rate(state.opt_state)
 
     @property
     def lr_scale(self) -> float:
-        return lrs.get_lr_scale(self.state.opt_state)
+        """The multiplier callbacks have applied to the learning rate (1.0 at the start)."""
+        return optim.get_learning_rate_scale(self.state.opt_state)
 
     @lr_scale.setter
     def lr_scale(self, value: float) -> None:
-        self.state = self.state.replace(opt_state=lrs.set_lr_scale(self.state.opt_state, value))
+        factor = value / self.lr_scale
+        self.state = self.state.replace(
+            opt_state=optim.scale_learning_rate(self.state.opt_state, factor)
+        )
 
     @property
     def learning_rate(self) -> float | None:
-        base = self.base_learning_rate
-        return None if base is None else base * self.lr_scale
+        """The rate the next step uses, or ``None`` when the optimizer does not reveal it."""
+        if self._native:
+            return optim.get_learning_rate(self.state.opt_state)
+        return None if self._injected is None else self._injected * self.lr_scale
 
 
 def _check_pair(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -217,8 +258,8 @@ def fit(
 
     Args:
       model: a flax.linen module, ``model(x, train=...)``.
-      optimizer: an optax ``GradientTransformation`` (default: Adam, learning rate 1e-3).
-        ``fit`` appends a learning-rate multiplier for ``ReduceLROnPlateau``.
+      optimizer: an optax ``GradientTransformation`` (default: :func:`jaxdl.optim.adam` at 1e-3).
+        See :func:`with_learning_rate_state` for how ``ReduceLROnPlateau`` changes its rate.
       train_data, val_data: ``(x, y)`` NumPy arrays.
       epochs, batch_size: as Keras.
       callbacks: e.g. ``[EarlyStopping(patience=5), ModelCheckpoint(save_best_only=True),
@@ -245,12 +286,16 @@ def fit(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     weights = _class_weight_vector(class_weight, y) if class_weight else None
 
-    tx = lrs.with_lr_scale(optimizer if optimizer is not None else default_optimizer())
+    optimizer = optimizer if optimizer is not None else default_optimizer()
+    param_shapes = jax.eval_shape(
+        lambda: create_train_state(model, optax.identity(), x[:1], seed).params
+    )
+    tx, native = with_learning_rate_state(optimizer, param_shapes)
     state = create_train_state(model, tx, x[:1], seed)
     history = History()
     start_epoch = 0
     resume = Checkpointer(os.path.join(workdir, "resume"), max_to_keep=1) if workdir else None
-    trainer = Trainer(state, workdir)
+    trainer = Trainer(state, workdir, native)
     callbacks = list(callbacks)
     for cb in callbacks:
         cb.on_train_begin(trainer)

@@ -10,14 +10,20 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdl import train
-from jaxdl.train import lr_scale
+from jaxdl import optim, train
+from jaxdl.train.loop import with_learning_rate_state
 
 
-def _trainer(workdir=None, inject=True):
-    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1) if inject else optax.sgd(0.1)
-    state = train.create_train_state(fnn.Dense(2), lr_scale.with_lr_scale(opt), jnp.ones((1, 3)))
-    return train.Trainer(state, workdir)
+def _trainer(workdir=None, kind="jaxdl"):
+    opt = {
+        "jaxdl": lambda: optim.sgd(0.1),
+        "inject": lambda: optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+        "optax": lambda: optax.sgd(0.1),
+    }[kind]()
+    params = {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)}
+    tx, native = with_learning_rate_state(opt, params)
+    state = train.create_train_state(fnn.Dense(2), tx, jnp.ones((1, 3)))
+    return train.Trainer(state, workdir, native)
 
 
 def _run(callback, values, monitor="val_loss", trainer=None):
@@ -120,7 +126,17 @@ def test_reduce_lr_respects_min_lr_in_absolute_terms():
 
 def test_reduce_lr_min_lr_without_known_base_rate_is_a_clear_error():
     with pytest.raises(ValueError, match="min_lr"):
-        train.ReduceLROnPlateau(min_lr=1e-5).on_train_begin(_trainer(inject=False))
+        train.ReduceLROnPlateau(min_lr=1e-5).on_train_begin(_trainer(kind="optax"))
+
+
+def test_reduce_lr_changes_the_rate_a_plain_optax_optimizer_uses():
+    trainer = _trainer(kind="optax")
+    _, _, scales = _run(train.ReduceLROnPlateau(factor=0.5, patience=1), [1.0] * 3, trainer=trainer)
+    assert scales == [1.0, 0.5, 0.25] and trainer.learning_rate is None
+    grads = {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}
+    tx, _ = with_learning_rate_state(optax.sgd(0.1), grads)
+    updates, _ = tx.update(grads, trainer.state.opt_state, trainer.state.params)
+    np.testing.assert_allclose(updates["bias"], -0.1 * 0.25 * np.ones(2), rtol=1e-6)
 
 
 def test_model_checkpoint_save_best_only_saves_improving_epochs(tmp_path):

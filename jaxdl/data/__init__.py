@@ -16,3 +16,8 @@ __all__ = [
 from jaxdl.data import augment  # noqa: E402
 
 __all__ += ["augment"]
+
+# Time series (issue 5): statsmodels' sunspots, sliding windows, chronological splits.
+from jaxdl.data.timeseries import load_sunspots, make_windows, split_series  # noqa: E402
+
+__all__ += ["load_sunspots", "make_windows", "split_series"]

@@ -75,3 +75,6 @@ __all__ += [
 from jaxdl.models.sequence import Forecaster, SequenceClassifier  # noqa: E402
 
 __all__ += ["Forecaster", "SequenceClassifier"]
+from jaxdl.models.summary import ModelSummary, count_params, summary  # noqa: E402
+
+__all__ += ["ModelSummary", "count_params", "summary"]

@@ -239,7 +239,7 @@ def fit(
     *,
     loss_fn: LossFn | None = None,
     class_weight: dict[int, float] | None = None,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    augment: Callable[..., Any] | None = None,
     shuffle: bool = True,
     drop_remainder: bool = False,
     eval_batch_size: int = 1000,
@@ -270,7 +270,8 @@ def fit(
         :func:`jaxdl.losses.cross_entropy`).
       class_weight: Keras's ``{class: weight}``; weighs each training example's loss (not the
         validation loss).
-      augment: ``augment(key, x) -> x``, run on device inside the jitted step.
+      augment: ``augment(key, x) -> x``, or ``augment(key, x, y) -> (x, y_soft)`` for label-mixing
+        transforms such as mixup; run on device inside the jitted step.
 
     Raises:
       NonFiniteLossError: when a training loss is NaN or infinite, naming the step.

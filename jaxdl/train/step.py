@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -39,13 +40,24 @@ def _correct(outputs: jax.Array, labels: jax.Array) -> jax.Array | None:
     return (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
 
 
+def takes_labels(augment: Callable[..., Any]) -> bool:
+    """Whether an augmentation has the label-mixing form ``(key, x, y) -> (x, y)`` (mixup)
+    rather than ``(key, x) -> x``."""
+    try:
+        params = inspect.signature(augment).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
     *,
     loss_fn: LossFn | None = None,
     class_weights: jax.Array | None = None,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    augment: Callable[..., Any] | None = None,
     donate: bool = True,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """Build ``train_step(state, x, y) -> (state, metrics)``, compiled once, state donated.
@@ -55,15 +67,24 @@ def make_train_step(
     applies ``theta <- theta + optimizer.update(grad L, ...)``. Dropout and augmentation draw from
     ``state.step_key()``, so a step's randomness depends only on the step number.
 
+    ``augment(key, x) -> x`` transforms the inputs; ``augment(key, x, y) -> (x, y_soft)`` (e.g.
+    :func:`jaxdl.data.augment.mixup`) also mixes the labels the loss sees, while accuracy is still
+    measured against the original labels.
+
     Metrics are sums (``loss_sum``, ``correct``, ``count``) so that batches of different sizes
     average exactly over an epoch.
     """
     loss_fn = loss_fn or losses.cross_entropy
+    mixes_labels = augment is not None and takes_labels(augment)
 
     def train_step(state: TrainState, x: jax.Array, y: jax.Array):
         k_dropout, k_augment = jax.random.split(state.step_key())
+        targets = y
         if augment is not None:
-            x = augment(k_augment, x)
+            if mixes_labels:  # e.g. mixup: (key, x, y) -> (x, soft labels)
+                x, targets = augment(k_augment, x, y)
+            else:
+                x = augment(k_augment, x)
         mutable = ["batch_stats"] if jax.tree.leaves(state.batch_stats) else False
 
         def objective(params):
@@ -76,7 +97,7 @@ def make_train_step(
                 mutable=mutable,
             )
             outputs, new_vars = out if mutable else (out, {})
-            per_example = _per_example(loss_fn, outputs, y)  # (N,)
+            per_example = _per_example(loss_fn, outputs, targets)  # (N,)
             if class_weights is not None:
                 per_example = per_example * class_weights[y]
             return jnp.mean(per_example), (outputs, new_vars.get("batch_stats", state.batch_stats))

@@ -197,3 +197,29 @@ def test_fit_rejects_bad_arguments(kwargs, match):
     base = dict(train_data=(np.zeros((4, 3), np.float32), np.zeros(4, np.int32)), verbose=False)
     with pytest.raises(ValueError, match=match):
         train.fit(fnn.Dense(2), optax.sgd(0.1), **{**base, **kwargs})
+
+
+def test_label_mixing_augment_feeds_soft_labels_to_the_loss():
+    from jaxdl.data import augment
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 32).astype(np.int32)
+    seen = {}
+
+    def recording_loss(logits, labels, reduction="mean"):
+        seen["labels_shape"] = labels.shape
+        return losses.cross_entropy(logits, labels, reduction=reduction)
+
+    h = train.fit(
+        fnn.Dense(3),
+        optax.sgd(0.1),
+        (x, y),
+        epochs=1,
+        batch_size=8,
+        verbose=False,
+        augment=augment.mixup(alpha=0.4, num_classes=3),
+        loss_fn=recording_loss,
+    )
+    assert seen["labels_shape"] == (8, 3)  # soft (N, K) targets reached the loss
+    assert np.isfinite(h.history["loss"][0]) and 0.0 <= h.history["accuracy"][0] <= 1.0

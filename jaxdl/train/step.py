@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdl import losses
+from jaxdl.train.precision import all_finite, cast_outputs, current_loss_scale
 from jaxdl.train.state import TrainState, train_kwargs
 
 LossFn = Callable[..., jax.Array]  # loss_fn(logits, labels, reduction="none") -> per-example
@@ -59,6 +60,8 @@ def make_train_step(
     class_weights: jax.Array | None = None,
     augment: Callable[..., Any] | None = None,
     donate: bool = True,
+    axis_name: str | None = None,
+    jit: bool = True,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """Build ``train_step(state, x, y) -> (state, metrics)``, compiled once, state donated.
 
@@ -73,12 +76,26 @@ def make_train_step(
 
     Metrics are sums (``loss_sum``, ``correct``, ``count``) so that batches of different sizes
     average exactly over an epoch.
+
+    Half-precision outputs are cast to float32 before the loss; if the optimizer is wrapped in
+    :func:`jaxdl.train.precision.dynamic_loss_scale`, the loss is multiplied by its scale before
+    differentiation and a skipped (non-finite) step also keeps the old BatchNorm statistics.
+
+    ``axis_name`` (for :func:`jax.pmap`, see :mod:`jaxdl.train.parallel`): gradients and
+    BatchNorm statistics are ``pmean``-ed and metric sums ``psum``-ed over that axis, and dropout
+    and augmentation keys are folded with the device index. ``jit=False`` returns the step
+    uncompiled, for the caller to wrap in ``jax.jit`` with shardings or in ``jax.pmap``.
     """
     loss_fn = loss_fn or losses.cross_entropy
     mixes_labels = augment is not None and takes_labels(augment)
 
     def train_step(state: TrainState, x: jax.Array, y: jax.Array):
         k_dropout, k_augment = jax.random.split(state.step_key())
+        if axis_name is not None:  # each device its own dropout mask and augmentation draw
+            k_dropout, k_augment = (
+                jax.random.fold_in(k, jax.lax.axis_index(axis_name)) for k in (k_dropout, k_augment)
+            )
+        scaling = current_loss_scale(state.opt_state)
         targets = y
         if augment is not None:
             if mixes_labels:  # e.g. mixup: (key, x, y) -> (x, soft labels)
@@ -97,14 +114,25 @@ def make_train_step(
                 mutable=mutable,
             )
             outputs, new_vars = out if mutable else (out, {})
+            outputs = cast_outputs(outputs)  # half-precision logits -> float32 for the loss
             per_example = _per_example(loss_fn, outputs, targets)  # (N,)
             if class_weights is not None:
                 per_example = per_example * class_weights[y]
-            return jnp.mean(per_example), (outputs, new_vars.get("batch_stats", state.batch_stats))
+            loss = jnp.mean(per_example)
+            scaled = loss if scaling is None else loss * scaling.scale
+            return scaled, (loss, outputs, new_vars.get("batch_stats", state.batch_stats))
 
-        (loss, (outputs, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+        (_, (loss, outputs, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params
         )
+        if axis_name is not None:  # the mean of equal-sized shards' means is the global mean
+            grads = jax.lax.pmean(grads, axis_name)
+            batch_stats = jax.lax.pmean(batch_stats, axis_name)
+        if scaling is not None:  # a skipped step keeps the old statistics too
+            ok = all_finite(grads)
+            batch_stats = jax.tree.map(
+                lambda new, old: jnp.where(ok, new, old), batch_stats, state.batch_stats
+            )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         n = jnp.asarray(x.shape[0], jnp.float32)
@@ -112,11 +140,15 @@ def make_train_step(
         correct = _correct(outputs, y)
         if correct is not None:
             metrics["correct"] = jnp.sum(correct)
+        if axis_name is not None:
+            metrics = jax.lax.psum(metrics, axis_name)
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
         return new_state, metrics
 
+    if not jit:
+        return train_step
     return jax.jit(train_step, donate_argnums=(0,) if donate else ())
 
 
@@ -129,7 +161,7 @@ def make_eval_step(
     loss_fn = loss_fn or losses.cross_entropy
 
     def eval_step(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
-        outputs = model.apply(_variables(state), x, **train_kwargs(model, False))
+        outputs = cast_outputs(model.apply(_variables(state), x, **train_kwargs(model, False)))
         metrics = {
             "loss_sum": jnp.sum(_per_example(loss_fn, outputs, y) * mask),
             "count": jnp.sum(mask),

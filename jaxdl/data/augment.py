@@ -10,8 +10,9 @@ loop, and the whole thing runs inside the jitted train step:
 Output shapes equal input shapes (padding-then-cropping, rotations and cutouts never resize), so
 ``jit`` compiles the step once.
 
-:func:`mixup` also mixes the labels, so its signature is ``(key, x, y) -> (x, y_soft)``; use it
-with a loss that accepts soft labels (:func:`jaxdl.losses.cross_entropy` with ``(N, K)`` targets).
+:func:`mixup` also mixes the labels, so its signature is ``(key, x, y) -> (x, y_soft)``;
+``fit(..., augment=augment.mixup(0.2, num_classes=10))`` recognises that form and hands the soft
+labels to the loss (:func:`jaxdl.losses.cross_entropy` accepts ``(N, K)`` targets).
 
 Augmentation encodes a prior: the label is invariant to the transform (a digit shifted by two
 pixels is the same digit). Choose transforms that respect that -- a horizontal flip turns some

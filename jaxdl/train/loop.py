@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from jaxdl import optim
 from jaxdl.data.batching import iterate_batches, num_batches, prefetch_to_device
 from jaxdl.optim.transforms import ScaleByLearningRateState
+from jaxdl.train import parallel
+from jaxdl.train import precision as mixed
 from jaxdl.train.callbacks import Callback
 from jaxdl.train.checkpoint import Checkpointer
 from jaxdl.train.state import TrainState, create_train_state
@@ -244,6 +246,10 @@ def fit(
     drop_remainder: bool = False,
     eval_batch_size: int = 1000,
     verbose: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    num_devices: int | None = None,
+    shard_params: bool = False,
+    precision: str | mixed.Policy = "float32",
 ) -> History:
     """Train ``model`` for ``epochs`` epochs, Keras-style; return the :class:`History`.
 
@@ -272,6 +278,14 @@ def fit(
         validation loss).
       augment: ``augment(key, x) -> x``, or ``augment(key, x, y) -> (x, y_soft)`` for label-mixing
         transforms such as mixup; run on device inside the jitted step.
+      mesh, num_devices: data-parallel training (:mod:`jaxdl.train.parallel`): each batch split
+        over the mesh's ``"data"`` axis, the state replicated. With neither, every device is used
+        when there are several and ``batch_size`` divides among them; a short final batch is
+        replicated. Results equal single-device training up to float32 rounding.
+      shard_params: with a mesh, split parameters and optimizer state over the devices (FSDP).
+      precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (:mod:`jaxdl.train.precision`):
+        the model computes in that dtype through its ``dtype`` attribute, parameters stay float32;
+        float16 adds dynamic loss scaling.
 
     Raises:
       NonFiniteLossError: when a training loss is NaN or infinite, naming the step.
@@ -286,13 +300,22 @@ def fit(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     weights = _class_weight_vector(class_weight, y) if class_weight else None
+    policy = mixed.get_policy(precision)
+    model = mixed.apply_policy(model, policy)
+    mesh = parallel.resolve_mesh(mesh, num_devices, batch_size)
+    verbose = verbose and jax.process_index() == 0
 
     optimizer = optimizer if optimizer is not None else default_optimizer()
     param_shapes = jax.eval_shape(
         lambda: create_train_state(model, optax.identity(), x[:1], seed).params
     )
     tx, native = with_learning_rate_state(optimizer, param_shapes)
+    if policy.needs_loss_scaling:
+        tx = mixed.dynamic_loss_scale(tx)
     state = create_train_state(model, tx, x[:1], seed)
+    if mesh is not None:
+        shardings = parallel.state_shardings(state, mesh, shard_params)
+        state = parallel.put_global(state, shardings)
     history = History()
     start_epoch = 0
     resume = Checkpointer(os.path.join(workdir, "resume"), max_to_keep=1) if workdir else None
@@ -307,6 +330,8 @@ def fit(
     if resume is not None and resume.latest_step() is not None:
         restored, meta = resume.restore(resume_target())
         trainer.state = restored["train"]
+        if mesh is not None:
+            trainer.state = jax.device_put(trainer.state, shardings)
         for cb, cb_state, cb_arrays in zip(
             callbacks, meta["callbacks"], restored["callbacks"], strict=True
         ):
@@ -318,23 +343,28 @@ def fit(
         if verbose:
             print(f"resuming from {resume.directory} after epoch {start_epoch}")
 
-    train_step = make_train_step(model, tx, loss_fn=loss_fn, class_weights=weights, augment=augment)
+    step_kwargs = {"loss_fn": loss_fn, "class_weights": weights, "augment": augment}
+    if mesh is None:
+        train_step = make_train_step(model, tx, **step_kwargs)
+    else:
+        train_step = parallel.make_sharded_train_step(model, tx, mesh, shardings, **step_kwargs)
     eval_step = make_eval_step(model, loss_fn=loss_fn)
     steps = num_batches(len(x), batch_size, drop_remainder)
 
     for epoch in range(start_epoch, epochs):
         if trainer.stop_training:
             break
-        batches = prefetch_to_device(
-            iterate_batches(
-                (x, y),
-                batch_size,
-                shuffle=shuffle,
-                seed=seed,
-                epoch=epoch,
-                drop_remainder=drop_remainder,
-            )
+        batches = iterate_batches(
+            (x, y),
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            drop_remainder=drop_remainder,
         )
+        if mesh is not None:  # rows split over the devices (a short last batch: replicated)
+            batches = (parallel.shard_batch(b, mesh) for b in batches)
+        batches = prefetch_to_device(batches)
         desc = f"epoch {epoch + 1}/{epochs}"
         trainer.state, sums = _run_epoch(train_step, trainer.state, batches, steps, desc, verbose)
         logs = _summarise(sums)

@@ -103,6 +103,7 @@ class Forecaster(fnn.Module):
     out_features: int = 1
     return_sequences: bool = False
     unroll: int = 1
+    hoist_inputs: bool | None = None  # see jaxdl.nn.RNN
 
     @fnn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -111,7 +112,8 @@ class Forecaster(fnn.Module):
             raise ValueError(
                 f"Forecaster: x must have shape (batch, timesteps, features), got {x.shape}"
             )
-        rnn = nn.RNN(make_cell(self.cell, self.hidden), unroll=self.unroll, name="rnn")
+        cell = make_cell(self.cell, self.hidden)
+        rnn = nn.RNN(cell, unroll=self.unroll, hoist_inputs=self.hoist_inputs, name="rnn")
         carry, ys = rnn(x, return_carry=True)  # (B, T, H)
         h = ys if self.return_sequences else final_hidden(carry)  # (B, T, H) or (B, H)
         return fnn.Dense(self.out_features, name="head")(h)

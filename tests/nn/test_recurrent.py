@@ -94,7 +94,7 @@ class CellFormulaTest(chex.TestCase):
     @parameterized.named_parameters(*[(k, k) for k in CELLS])
     def test_rnn_matches_numpy_loop_of_formula(self, name):
         make, ref = CELLS[name]
-        rnn = nn.RNN(make(), return_carry=True)
+        rnn = nn.RNN(make(), return_carry=True, hoist_inputs=name != "gru")
         x = _x()
         v = _random_variables(rnn, x)
         carry, y = self.variant(rnn.apply)(v, x)
@@ -119,8 +119,10 @@ class CellFormulaTest(chex.TestCase):
         for t in range(T):
             carry, y_t = step(carry, x[:, t])
             ys.append(y_t)
-        for unroll in (1, 4) if name == "lstm" else (1,):
-            out_carry, y = jax.jit(nn.RNN(cell, return_carry=True, unroll=unroll).apply)(v, x)
+        settings = [(1, True), (1, False)] + ([(4, True), (3, False)] if name == "lstm" else [])
+        for unroll, hoist in settings:
+            rnn = nn.RNN(cell, return_carry=True, unroll=unroll, hoist_inputs=hoist)
+            out_carry, y = jax.jit(rnn.apply)(v, x)
             chex.assert_trees_all_close(y, jnp.stack(ys, 1), atol=1e-6)
             chex.assert_trees_all_close(out_carry, carry, atol=1e-6)
 
@@ -273,7 +275,7 @@ def test_generic_path_for_a_flax_cell_matches_flax_rnn():
 @pytest.mark.parametrize("name", ["lstm", "gru", "gru_paper"])
 def test_gradients_match_finite_differences(name):
     make, _ = CELLS[name]
-    rnn = nn.RNN(make(), reverse=True, keep_order=True)
+    rnn = nn.RNN(make(), reverse=True, keep_order=True, hoist_inputs=name == "lstm")
     with jax.enable_x64(True):
         x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 3)))
         lengths = jnp.array([4, 2])

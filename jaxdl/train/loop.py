@@ -362,9 +362,10 @@ def fit(
             epoch=epoch,
             drop_remainder=drop_remainder,
         )
-        if mesh is not None:  # rows split over the devices (a short last batch: replicated)
-            batches = (parallel.shard_batch(b, mesh) for b in batches)
-        batches = prefetch_to_device(batches)
+        if mesh is None:
+            batches = prefetch_to_device(batches)
+        else:  # rows split over the devices (a short last batch: replicated)
+            batches = parallel.prefetch_sharded(batches, mesh)
         desc = f"epoch {epoch + 1}/{epochs}"
         trainer.state, sums = _run_epoch(train_step, trainer.state, batches, steps, desc, verbose)
         logs = _summarise(sums)

@@ -29,8 +29,10 @@ starts ``N`` local processes.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -183,6 +185,19 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     d = mesh.shape[DATA_AXIS]
     sharding = data_sharding(mesh) if rows % d == 0 else replicated(mesh)
     return put_global(batch, jax.tree.map(lambda _: sharding, batch))
+
+
+def prefetch_sharded(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Iterator[Any]:
+    """:func:`shard_batch` each batch, keeping ``size`` transfers in flight ahead of the step
+    (``device_put`` is asynchronous). Works across processes, unlike a plain ``device_put``."""
+    queue: collections.deque = collections.deque()
+    it = iter(batches)
+    for batch in itertools.islice(it, size):
+        queue.append(shard_batch(batch, mesh))
+    while queue:
+        yield queue.popleft()
+        for batch in itertools.islice(it, 1):
+            queue.append(shard_batch(batch, mesh))
 
 
 def gather(tree: Any) -> Any:
@@ -367,6 +382,7 @@ __all__ = [
     "make_mesh",
     "make_pmap_train_step",
     "make_sharded_train_step",
+    "prefetch_sharded",
     "put_global",
     "replicate",
     "replicated",

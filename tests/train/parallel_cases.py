@@ -27,7 +27,7 @@ class TinyNet(nn.Module):
         )(x)
         x = nn.relu(x).mean(axis=(1, 2))  # (N, 8)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.Dense(32, dtype=self.dtype)(x)
+        x = nn.Dense(128, dtype=self.dtype)(x)  # (N, 128): big enough for FSDP to split
         return nn.Dense(10, dtype=self.dtype)(nn.relu(x))  # (N, 10)
 
 

@@ -314,7 +314,8 @@ def resnet_cifar(depth: int, num_classes: int = 10, shortcut: str = "A", **kwarg
       depth: ``6n + 2`` for ``n >= 1``, e.g. 20, 32, 44, 56, 110.
       num_classes: classifier width.
       shortcut: ``"A"`` (paper's CIFAR choice), ``"B"`` (projection) or ``"none"`` (plain net).
-      **kwargs: further :class:`ResNet` attributes (``dtype``, ``conv``, ``norm``, ...).
+      **kwargs: further :class:`ResNet` attributes (``num_filters`` to change the width from the
+        paper's 16, ``input_channels``, ``dtype``, ``conv``, ``norm``, ...).
     """
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
         raise ValueError(
@@ -326,10 +327,9 @@ def resnet_cifar(depth: int, num_classes: int = 10, shortcut: str = "A", **kwarg
         stage_sizes=(n, n, n),
         block_cls=BasicBlock,
         num_classes=num_classes,
-        num_filters=16,
         stem="cifar",
         shortcut=shortcut,
-        **kwargs,
+        **{"num_filters": 16, **kwargs},
     )
 
 

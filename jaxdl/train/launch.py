@@ -74,10 +74,10 @@ def launch(
             flag = f"--xla_force_host_platform_device_count={devices_per_process}"
             child_env["XLA_FLAGS"] = f"{flags} {flag}".strip()
             child_env["JAX_PLATFORMS"] = "cpu"
-        args = [
-            a.format(process_id=pid, num_processes=num_processes, coordinator_address=address)
-            for a in command
-        ]
+        fields = {"process_id": pid, "num_processes": num_processes, "coordinator_address": address}
+        args = list(command)
+        for key, value in fields.items():  # plain replacement: other braces pass through
+            args = [a.replace("{" + key + "}", str(value)) for a in args]
         procs.append(subprocess.Popen(args, env=child_env))
     deadline = None if timeout is None else time.monotonic() + timeout
     codes: list[int | None] = [None] * num_processes

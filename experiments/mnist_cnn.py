@@ -8,6 +8,16 @@ a network is available.
 
     python -m experiments.mnist_cnn --workdir runs/mnist_cnn
     python -m experiments.mnist_cnn --workdir runs/mnist_full --dataset mnist --epochs 12
+    python -m experiments.mnist_cnn --workdir runs/mnist_f16 --precision float16
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python -m experiments.mnist_cnn --workdir runs/mnist_dp8 --num_devices 8
+    python -m jaxdl.train.launch --num_processes 2 --devices_per_process 4 -- \
+        python -m experiments.mnist_cnn --workdir runs/mnist_mp --num_devices 8
+
+``--num_devices`` trains data-parallel on that many devices (default: all of them when there are
+several and the batch divides); ``--precision`` is ``float32``, ``bfloat16`` or ``float16``
+(:mod:`jaxdl.train.precision`); ``--num_processes``/``--process_id``/``--coordinator_address``
+start ``jax.distributed`` (the launcher sets them through the environment).
 
 Writes into ``workdir``: ``metrics.json`` (history, test metrics, wall time), ``curves.png``
 (loss and accuracy per epoch), ``checkpoints/`` (the best epoch, orbax) and ``resume/``.
@@ -20,8 +30,11 @@ import os
 import sys
 import time
 
+import jax
+
 from experiments.common import new_figure, parse_config, save_figure, save_json
 from jaxdl import data, models, train
+from jaxdl.train import parallel, precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +48,11 @@ class Config:
     early_stopping_patience: int = 5
     reduce_lr_patience: int = 3
     reduce_lr_factor: float = 0.5
+    num_devices: int | None = None  # None: every device when there are several
+    precision: str = "float32"  # or "bfloat16", "float16" (dynamic loss scaling)
+    num_processes: int = 0  # > 1: jax.distributed; 0: from the launcher's environment, else 1
+    process_id: int = -1  # -1: from the environment
+    coordinator_address: str = ""  # e.g. "localhost:12355"; "": from the environment
 
 
 def get_config() -> Config:
@@ -85,6 +103,8 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
         seed=config.seed,
         workdir=workdir,
         verbose=verbose,
+        num_devices=config.num_devices,
+        precision=config.precision,
     )
     train_seconds = time.perf_counter() - start
     test = train.evaluate(model, history.state, (x_test, y_test))
@@ -96,7 +116,14 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "train_seconds": train_seconds,
+        "devices": len(jax.tree.leaves(history.state.params)[0].sharding.device_set),
     }
+    scaling = precision.current_loss_scale(history.state.opt_state)
+    if (
+        scaling is not None
+    ):  # float16: where the dynamic loss scale ended, how many steps it skipped
+        metrics["loss_scale"] = float(scaling.scale)
+        metrics["skipped_steps"] = int(scaling.skipped)
     save_json(metrics, os.path.join(workdir, "metrics.json"))
     plot_curves(history.history, os.path.join(workdir, "curves.png"))
     if verbose:
@@ -109,7 +136,10 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
 
 def main(argv: list[str] | None = None) -> None:
     config, workdir = parse_config(get_config(), argv, description=__doc__.splitlines()[0])
-    train_and_evaluate(config, workdir)
+    parallel.initialize_distributed(
+        config.coordinator_address, config.num_processes, config.process_id
+    )
+    train_and_evaluate(config, workdir, verbose=jax.process_index() == 0)
 
 
 if __name__ == "__main__":

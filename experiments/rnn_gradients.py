@@ -101,7 +101,7 @@ def grad_wrt_h0(rnn, params, x, kind: str) -> float:
         carry, _ = rnn.apply(params, x, initial_carry=carry0)
         return jnp.sum(_final_h(carry))
 
-    g = jax.grad(loss)(carry0)
+    g = jax.jit(jax.grad(loss))(carry0)
     leaves = jax.tree_util.tree_leaves(g)
     norms = jnp.sqrt(sum(jnp.sum(leaf**2, axis=-1) for leaf in leaves))  # (B,)
     return float(norms.mean())

@@ -4,20 +4,17 @@ Cells follow flax.linen's carry-first contract, ``cell(carry, x_t) -> (carry, y_
 parameter layout fixed in DESIGN.md (fused gate matrices, Keras/PyTorch gate orders) so weights can
 be copied in from other frameworks:
 
-========== ========================== ============ =========================================
-cell       params                      gate order   carry
-========== ========================== ============ =========================================
-ElmanCell  w_i (in,H) w_h (H,H) b (H,)  --           h
-LSTMCell   w_i (in,4H) w_h (H,4H) b    i, f, g, o   (c, h)
-GRUCell    w_i (in,3H) w_h (H,3H)      r, z, n      h
-           b_i (3H,) b_h (3H,)
-========== ========================== ============ =========================================
+* ``ElmanCell``: ``w_i (in, H)``, ``w_h (H, H)``, ``b (H,)``; carry ``h``.
+* ``LSTMCell``: ``w_i (in, 4H)``, ``w_h (H, 4H)``, ``b (4H,)``, gates i, f, g, o; carry ``(c, h)``.
+* ``GRUCell``: ``w_i (in, 3H)``, ``w_h (H, 3H)``, ``b_i (3H,)``, ``b_h (3H,)``, gates r, z, n;
+  carry ``h``.
 
 Besides ``__call__`` every cell exposes the two halves of a step as pure functions of its
 parameters: :meth:`~LSTMCell.project` (the input half ``x W_i + b``, which does not depend on the
-carry) and :meth:`~LSTMCell.step` (the recurrent half). :class:`RNN` uses them to compute the input
+carry) and :meth:`~LSTMCell.step` (the recurrent half). :class:`RNN` can then compute the input
 half for all ``T`` steps as one ``(B*T, in) @ (in, G)`` matmul before the scan, so the sequential
-loop only holds the ``(B, H) @ (H, G)`` product that truly depends on the previous step.
+loop only holds the ``(B, H) @ (H, G)`` product that truly depends on the previous step
+(``hoist_inputs``; the default on GPU/TPU, not on CPU where it measured slower).
 
 Initialisers follow Keras: Glorot-uniform input kernels, orthogonal recurrent kernels, zero biases
 (plus 1.0 on the LSTM forget gate, Jozefowicz et al. 2015).

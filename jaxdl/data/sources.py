@@ -15,6 +15,12 @@ class-sorted order (``floor(k * n / m)``, ``k = 0..m-1``), so every class keeps 
 within one example. ``validation_split=f`` carves a validation set out of the training split the
 same way (seed 1), leaving the test set untouched.
 
+Order: each split keeps the examples in the order of the source file, and ``mnist_5k``'s file is
+grouped by class (all 0s, then all 1s, ...). Training through :func:`iterate_batches` or
+:func:`jaxdl.train.fit` shuffles every epoch; to take a smaller subset, index with a random
+permutation (``x[np.random.default_rng(0).permutation(len(x))[:n]]``), never a leading slice,
+which would hold one or two classes only.
+
 Full sets (``mnist``, ``fashion_mnist``, ``cifar10``) come through ``tfds.data_source``. When they
 are not already prepared and the network is unreachable the call fails at once with a
 :class:`DatasetUnavailableError` naming the offline alternatives.

@@ -86,3 +86,9 @@ def test_tfds_name_offline_fails_fast_naming_offline_alternatives(tmp_path, monk
     with pytest.raises(data.DatasetUnavailableError, match="mnist_5k, digits"):
         data.load("fashion_mnist", "test", data_dir=str(tmp_path))
     assert time.perf_counter() - start < 30
+
+
+def test_documented_order_is_the_files_class_grouped_order():
+    # The docstring tells users to subset with a permutation because of this; keep them in sync.
+    _, y = data.load("mnist_5k", "train")
+    assert np.all(np.diff(y) >= 0)

@@ -23,3 +23,9 @@ __all__ = [
     "make_eval_step",
     "make_train_step",
 ]
+
+# Scale: data-parallel/sharded training and mixed precision (train.parallel.make_mesh, ...).
+from jaxdl.train import parallel, precision  # noqa: E402
+from jaxdl.train.precision import Policy, dynamic_loss_scale  # noqa: E402
+
+__all__ += ["Policy", "dynamic_loss_scale", "parallel", "precision"]

@@ -27,3 +27,7 @@ __all__ += [
 from jaxdl.nn import initializers  # noqa: E402
 
 __all__ += ["initializers"]
+
+from jaxdl.nn.conv import conv_general_dilated, conv_patches, patches_conv  # noqa: E402
+
+__all__ += ["conv_general_dilated", "conv_patches", "patches_conv"]

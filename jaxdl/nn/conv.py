@@ -1,0 +1,271 @@
+"""Convolution lowered to patches and one matrix multiply, with a matmul backward pass.
+
+A channels-last convolution with stride ``s`` and no dilation is, for every output position, a dot
+product between the ``k_1 x ... x k_n x C`` input window under the kernel and each of the ``F``
+filters. Gathering all windows into a patch matrix ("im2col", Chellapilla et al. 2006) turns the
+whole layer into one GEMM:
+
+.. math::
+    P[(b, o), (\\delta, c)] = x[b, s\\,o + \\delta, c], \\qquad
+    Y = P\\,W, \\quad W \\in \\mathbb{R}^{(k_1 \\cdots k_n C) \\times F}
+
+with ``o`` the output position, ``\\delta`` the offset inside the window and ``W`` the HWIO kernel
+reshaped. Its gradients are two more GEMMs and the adjoint of the gather:
+
+.. math::
+    \\frac{\\partial L}{\\partial W} = P^\\top \\frac{\\partial L}{\\partial Y}, \\qquad
+    \\frac{\\partial L}{\\partial P} = \\frac{\\partial L}{\\partial Y} W^\\top, \\qquad
+    \\frac{\\partial L}{\\partial x} = \\mathrm{col2im}\\Big(\\frac{\\partial L}{\\partial P}\\Big)
+
+where col2im adds each patch column back at the offset it was read from (the transpose of the
+gather). Why bother: XLA:CPU's own gradients of ``conv_general_dilated`` (a convolution with the
+batch and feature axes swapped for the kernel gradient, a padded, flipped convolution for the input
+gradient) run far below the machine's matmul rate for the small images and channel counts of the
+course's CNN, while a plain GEMM reaches it. See ``docs/performance.md`` for the measurements.
+
+The function here, :func:`conv_general_dilated`, takes the arguments of
+:func:`jax.lax.conv_general_dilated`, so it can be handed to ``flax.linen.Conv`` as its
+``conv_general_dilated`` attribute (parameter names and shapes unchanged). Channels-last
+layouts (``NHWC``/``HWIO`` and their 1-D/3-D analogues) with unit dilation and one feature group
+take the patches path; any other configuration falls back to :func:`jax.lax.conv_general_dilated`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["conv_general_dilated", "conv_patches", "patches_conv"]
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+def _check_shapes(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> None:
+    n = kernel.ndim - 2
+    if n < 1:
+        raise ValueError(
+            f"patches_conv: kernel must be (*window, C, F) with rank >= 3, got {kernel.shape}"
+        )
+    if x.ndim != n + 2:
+        raise ValueError(
+            f"patches_conv: x must have rank {n + 2} (N, *spatial, C) to match a kernel of shape "
+            f"{kernel.shape}, got shape {x.shape}"
+        )
+    if x.shape[-1] != kernel.shape[-2]:
+        raise ValueError(
+            f"patches_conv: x has {x.shape[-1]} channels but the kernel expects {kernel.shape[-2]} "
+            f"(kernel shape {kernel.shape} is (*window, C, F))"
+        )
+    if len(strides) != n or any(int(s) < 1 for s in strides):
+        raise ValueError(f"patches_conv: strides must be {n} positive ints, got {tuple(strides)}")
+    for axis, (size, k) in enumerate(zip(x.shape[1:-1], kernel.shape[:-2], strict=True)):
+        if size < k:
+            raise ValueError(
+                f"patches_conv: spatial axis {axis} of x has size {size}, smaller than the "
+                f"kernel window {k} (after padding)"
+            )
+
+
+def conv_patches(x: jax.Array, window: Sequence[int], strides: Sequence[int]) -> jax.Array:
+    """The im2col gather: ``(N, *spatial, C) -> (N, *out, prod(window) * C)``, no padding.
+
+    ``out[b, o, d * C + c] = x[b, s * o + delta_d, c]`` where ``delta_d`` runs over the window
+    offsets in row-major order, which is the order of a ``(*window, C, F)`` kernel reshaped to
+    ``(prod(window) * C, F)``. Built from strided slices and one concatenate, so its transpose
+    (col2im) is pads and adds, which XLA fuses.
+    """
+    spatial = x.shape[1:-1]
+    out = [(size - k) // s + 1 for size, k, s in zip(spatial, window, strides, strict=True)]
+    slices = []
+    for offset in itertools.product(*(range(k) for k in window)):
+        start = (0, *offset, 0)
+        limit = (
+            x.shape[0],
+            *(d + (o - 1) * s + 1 for d, o, s in zip(offset, out, strides, strict=True)),
+            x.shape[-1],
+        )
+        slices.append(lax.slice(x, start, limit, (1, *strides, 1)))  # (N, *out, C)
+    return jnp.concatenate(slices, axis=-1)  # (N, *out, K*C)
+
+
+def _channels_last_dn(n: int) -> lax.ConvDimensionNumbers:
+    lhs = (0, n + 1, *range(1, n + 1))
+    return lax.ConvDimensionNumbers(lhs, (n + 1, n, *range(n)), lhs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _patches_conv(
+    x: jax.Array, kernel: jax.Array, strides: tuple[int, ...], precision, forward: str
+) -> jax.Array:
+    return _patches_conv_fwd(x, kernel, strides, precision, forward)[0]
+
+
+def _patches_conv_fwd(x, kernel, strides, precision, forward):
+    if forward == "lax":
+        # XLA:CPU's forward convolution is already fast; only its gradients are slow.
+        n = kernel.ndim - 2
+        y = lax.conv_general_dilated(
+            x, kernel, strides, "VALID", dimension_numbers=_channels_last_dn(n), precision=precision
+        )
+    else:
+        window = kernel.shape[:-2]
+        p = conv_patches(x, window, strides)  # (N, *out, K*C)
+        w = kernel.reshape(-1, kernel.shape[-1])  # (K*C, F)
+        y = jnp.matmul(p, w, precision=precision)  # (N, *out, F)
+    return y, (x, kernel)
+
+
+def _patches_conv_bwd(strides, precision, forward, residuals, g):
+    x, kernel = residuals
+    window, f = kernel.shape[:-2], kernel.shape[-1]
+    w = kernel.reshape(-1, f)  # (K*C, F)
+    # The patches are recomputed rather than stored: the gather is a cheap fused copy, and keeping
+    # the K-times-larger patch matrix alive from forward to backward costs more memory traffic.
+    p, gather_t = jax.vjp(lambda x_: conv_patches(x_, window, strides), x)
+    p2 = p.reshape(-1, p.shape[-1])  # (M, K*C), M = N * prod(out)
+    g2 = g.reshape(-1, f)  # (M, F)
+    dw = jnp.matmul(p2.T, g2, precision=precision).reshape(kernel.shape)  # (K*C, F) -> kernel
+    if forward == "lax":
+        # dL/dx is the "full" correlation of g with the flipped kernel, a forward-type convolution
+        # that XLA:CPU runs at the speed of the forward pass (unlike its kernel gradient), and
+        # cheaper than the matmul's col2im, which is K strided pad-and-adds over the input.
+        _, conv_t = jax.vjp(
+            lambda x_: lax.conv_general_dilated(
+                x_,
+                kernel,
+                strides,
+                "VALID",
+                dimension_numbers=_channels_last_dn(kernel.ndim - 2),
+                precision=precision,
+            ),
+            x,
+        )
+        (dx,) = conv_t(g)
+    else:
+        dp = jnp.matmul(g, w.T, precision=precision)  # (N, *out, K*C)
+        (dx,) = gather_t(dp)  # col2im: the transpose of the gather, pads and adds
+    return dx, dw
+
+
+_patches_conv.defvjp(_patches_conv_fwd, _patches_conv_bwd)
+
+
+def _explicit_padding(padding: Padding, spatial, window, strides) -> list[tuple[int, int]]:
+    if isinstance(padding, str):
+        return list(lax.padtype_to_pads(spatial, window, strides, padding.upper()))
+    pads = [tuple(int(v) for v in p) for p in padding]
+    if len(pads) != len(spatial) or any(len(p) != 2 for p in pads):
+        raise ValueError(
+            f"patches_conv: padding must be 'SAME', 'VALID' or {len(spatial)} (low, high) pairs, "
+            f"got {padding!r}"
+        )
+    return pads
+
+
+def patches_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int] | None = None,
+    padding: Padding = "VALID",
+    precision: Any = None,
+    forward: str = "patches",
+) -> jax.Array:
+    """Channels-last convolution as patches and one matmul, with a matmul backward pass.
+
+    Computes the same function as ``lax.conv_general_dilated(x, kernel, strides, padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"))`` (a cross-correlation, as every framework's
+    "convolution"), for any number of spatial axes:
+    ``y[b, o, f] = sum_{delta, c} x_pad[b, s * o + delta, c] * kernel[delta, c, f]``.
+
+    Args:
+      x: ``(N, *spatial, C)``.
+      kernel: ``(*window, C, F)``.
+      strides: one positive int per spatial axis (default all ones).
+      padding: ``"VALID"``, ``"SAME"`` or one ``(low, high)`` pair per spatial axis (zeros).
+      precision: passed to the matmuls (``lax.Precision``); ``None`` is the backend default.
+      forward: ``"patches"`` computes the forward pass as the patch matmul; ``"lax"`` computes it
+        with ``lax.conv_general_dilated`` (the same function) and keeps the matmul backward pass.
+
+    Returns:
+      ``(N, *out, F)`` with ``out = (spatial + low + high - window) // strides + 1``.
+    """
+    n = kernel.ndim - 2
+    strides = (1,) * n if strides is None else tuple(int(s) for s in strides)
+    if x.ndim != n + 2:
+        _check_shapes(x, kernel, strides)
+    pads = _explicit_padding(padding, x.shape[1:-1], kernel.shape[:-2], strides)
+    if any(p != (0, 0) for p in pads):
+        x = jnp.pad(x, [(0, 0), *pads, (0, 0)])  # autodiff's transpose of a pad is a slice
+    _check_shapes(x, kernel, strides)
+    if forward not in ("patches", "lax"):
+        raise ValueError(f"patches_conv: forward must be 'patches' or 'lax', got {forward!r}")
+    return _patches_conv(x, kernel, strides, precision, forward)
+
+
+def _is_channels_last(dimension_numbers, lhs_shape, rhs_shape) -> bool:
+    dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+    n = len(lhs_shape) - 2
+    lhs_nhwc = (0, n + 1, *range(1, n + 1))
+    rhs_hwio = (n + 1, n, *range(n))
+    return (
+        tuple(dn.lhs_spec) == lhs_nhwc
+        and tuple(dn.rhs_spec) == rhs_hwio
+        and tuple(dn.out_spec) == lhs_nhwc
+    )
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    *,
+    forward: str = "patches",
+) -> jax.Array:
+    """Drop-in for :func:`jax.lax.conv_general_dilated` that takes :func:`patches_conv` when it can.
+
+    The patches path is used for channels-last layouts (``lhs``/``out`` ``(N, *spatial, C)``,
+    ``rhs`` ``(*window, C, F)``), no input or kernel dilation, one feature and batch group and the
+    default result type; everything else is forwarded unchanged to ``lax.conv_general_dilated``.
+    Use it as ``flax.linen.Conv(..., conv_general_dilated=jaxdl.nn.conv_general_dilated)``;
+    ``forward`` is passed to :func:`patches_conv` (bind it with ``functools.partial``).
+    """
+    n = lhs.ndim - 2
+    unit = lambda d: d is None or all(int(v) == 1 for v in d)  # noqa: E731
+    if (
+        n >= 1
+        and rhs.ndim == n + 2
+        and unit(lhs_dilation)
+        and unit(rhs_dilation)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+        and _is_channels_last(dimension_numbers, lhs.shape, rhs.shape)
+    ):
+        return patches_conv(lhs, rhs, window_strides, padding, precision, forward)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )

@@ -288,7 +288,7 @@ def test_fit_rejects_unknown_precision(mnist_batch):
 
 @pytest.mark.slow
 def test_half_precision_mnist_accuracy_within_half_a_point_of_float32():
-    """The issue's claim: MnistCNN on mnist_5k (4,500 train, 1,000 test), the course's Adam 1e-3,
+    """The issue's claim: MnistCNN on mnist_5k (4,000 train, 1,000 test), the course's Adam 1e-3,
     batch 128, same seed; bfloat16 and float16 (with dynamic loss scaling) reach test accuracy
     within 0.5 point of float32."""
     train_data = data.load("mnist_5k", "train", validation_split=0.0)

@@ -161,7 +161,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         per_t[kind] = np.mean([grad_wrt_inputs(kind, c, s) for s in range(c.seeds)], axis=0)
     distance = np.arange(c.t_max)[::-1]  # T - 1 - t
     out["grad_x_by_distance"] = {
-        k: {int(d): float(v[c.t_max - 1 - d]) for d in (0, 10, 25, 50, 100, 150, c.t_max - 1)}
+        k: {
+            int(d): float(v[c.t_max - 1 - d])
+            for d in sorted({0, 10, 25, 50, 100, 150, c.t_max - 1})
+            if d < c.t_max
+        }
         for k, v in per_t.items()
     }
 

@@ -54,6 +54,8 @@ class SequenceClassifier(fnn.Module):
     num_layers: int = 1
     dropout_rate: float = 0.0
     unroll: int = 1
+    dtype: Any = None  # computation dtype (mixed precision); parameters stay in param_dtype
+    param_dtype: Any = jnp.float32
 
     @fnn.compact
     def __call__(
@@ -69,11 +71,14 @@ class SequenceClassifier(fnn.Module):
 
         def layer():
             def rnn():
-                return nn.RNN(make_cell(self.cell, self.hidden), unroll=self.unroll, parent=None)
+                cell = make_cell(self.cell, self.hidden, **self._dtypes())
+                return nn.RNN(cell, unroll=self.unroll, parent=None)
 
             return nn.Bidirectional(rnn(), rnn(), parent=None) if self.bidirectional else rnn()
 
-        x = fnn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens)  # (B, T, E)
+        x = fnn.Embed(self.vocab_size, self.embed_dim, **self._dtypes(), name="embed")(
+            tokens
+        )  # (B, T, E)
         stack = nn.StackedRNN(
             [layer() for _ in range(self.num_layers)], self.dropout_rate, name="rnn"
         )
@@ -84,7 +89,10 @@ class SequenceClassifier(fnn.Module):
         else:
             h = final_hidden(last)  # (B, H)
         h = fnn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        return fnn.Dense(self.num_classes, name="head")(h)
+        return fnn.Dense(self.num_classes, **self._dtypes(), name="head")(h)
+
+    def _dtypes(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype}
 
 
 class Forecaster(fnn.Module):
@@ -104,6 +112,8 @@ class Forecaster(fnn.Module):
     return_sequences: bool = False
     unroll: int = 1
     hoist_inputs: bool | None = None  # see jaxdl.nn.RNN
+    dtype: Any = None  # computation dtype (mixed precision); parameters stay in param_dtype
+    param_dtype: Any = jnp.float32
 
     @fnn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -112,8 +122,9 @@ class Forecaster(fnn.Module):
             raise ValueError(
                 f"Forecaster: x must have shape (batch, timesteps, features), got {x.shape}"
             )
-        cell = make_cell(self.cell, self.hidden)
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        cell = make_cell(self.cell, self.hidden, **dtypes)
         rnn = nn.RNN(cell, unroll=self.unroll, hoist_inputs=self.hoist_inputs, name="rnn")
         carry, ys = rnn(x, return_carry=True)  # (B, T, H)
         h = ys if self.return_sequences else final_hidden(carry)  # (B, T, H) or (B, H)
-        return fnn.Dense(self.out_features, name="head")(h)
+        return fnn.Dense(self.out_features, **dtypes, name="head")(h)

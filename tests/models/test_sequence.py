@@ -97,3 +97,20 @@ def test_classifier_learns_a_later_token_task():
         first = loss if first is None else first
     acc = (model.apply({"params": params}, x).argmax(-1) == y).mean()
     assert loss < 0.5 * first and acc > 0.9
+
+
+def test_models_compute_in_the_requested_dtype_with_float32_params():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 3))
+    f32 = models.Forecaster(hidden=8)
+    v = f32.init(jax.random.key(1), x)
+    bf16 = models.Forecaster(hidden=8, dtype=jnp.bfloat16)
+    assert all(
+        a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(bf16.init(jax.random.key(1), x))
+    )
+    y16 = bf16.apply(v, x)
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y16, np.float32), f32.apply(v, x), atol=0.05)
+    clf = models.SequenceClassifier(vocab_size=7, embed_dim=4, hidden=4, dtype=jnp.bfloat16)
+    tokens = jnp.array([[1, 2, 3], [4, 5, 0]])
+    cv = clf.init(jax.random.key(0), tokens)
+    assert clf.apply(cv, tokens, jnp.array([3, 2])).dtype == jnp.bfloat16

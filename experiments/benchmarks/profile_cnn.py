@@ -38,7 +38,7 @@ from jax import lax
 from experiments.common import parse_config, save_json
 from jaxdl import losses, models
 from jaxdl.models import cnn as cnn_module
-from jaxdl.nn.conv import conv_patches, patches_conv
+from jaxdl.nn.conv import _conv_patches_slices, patches_conv
 from jaxdl.nn.pooling import max_pool
 
 
@@ -48,6 +48,8 @@ class Config:
     rounds: int = 7
     steps: int = 20  # calls per timed round
     seed: int = 0
+    variants: tuple[str, ...] = ()  # () = all
+    pieces: bool = True  # also time each conv layer alone
 
 
 def get_config() -> Config:
@@ -61,7 +63,7 @@ def _lax_conv(x, k):
 
 
 def _patches_autodiff(x, k):
-    p = conv_patches(x, k.shape[:2], (1, 1))
+    p = _conv_patches_slices(x, k.shape[:2], (1, 1))
     return p @ k.reshape(-1, k.shape[-1])
 
 
@@ -69,19 +71,26 @@ def _flax_pool(x):
     return fnn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-VARIANTS: dict[str, tuple[Callable, Callable]] = {
-    "flax": (_lax_conv, _flax_pool),
-    "reshape_pool": (_lax_conv, max_pool),
-    "patches_autodiff": (_patches_autodiff, max_pool),
-    "patches_vjp": (lambda x, k: patches_conv(x, k), max_pool),
-    "lax_fwd_matmul_dw": (lambda x, k: patches_conv(x, k, forward="lax"), max_pool),
-    "mnistcnn": (lambda x, k: patches_conv(x, k, forward="lax"), cnn_module._pool),
+def _lax_fwd_matmul_dw(x, k):
+    return patches_conv(x, k, forward="lax")
+
+
+# name -> (first conv, second conv, pool)
+VARIANTS: dict[str, tuple[Callable, Callable, Callable]] = {
+    "flax": (_lax_conv, _lax_conv, _flax_pool),
+    "reshape_pool": (_lax_conv, _lax_conv, max_pool),
+    "patches_autodiff": (_patches_autodiff, _patches_autodiff, max_pool),
+    "patches_vjp": (patches_conv, patches_conv, max_pool),
+    "lax_fwd_matmul_dw": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, max_pool),
+    "pool_vjp": (_lax_conv, _lax_conv, cnn_module._pool),
+    "pool_vjp+matmul_dw0": (_lax_fwd_matmul_dw, _lax_conv, cnn_module._pool),
+    "mnistcnn": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, cnn_module._pool),
 }
 
 
-def cnn_apply(conv, pool, params, x, dropout_key):
+def cnn_apply(convs, pool, params, x, dropout_key):
     """The MnistCNN forward pass (training mode) with the given conv and pool lowerings."""
-    for name in ("Conv_0", "Conv_1"):
+    for name, conv in zip(("Conv_0", "Conv_1"), convs, strict=True):
         q = params[name]
         x = pool(jax.nn.relu(conv(x, q["kernel"]) + q["bias"].reshape(1, 1, 1, -1)))
     x = x.reshape(x.shape[0], -1)  # (N, 1600)
@@ -91,10 +100,10 @@ def cnn_apply(conv, pool, params, x, dropout_key):
     return x @ params["Dense_1"]["kernel"] + params["Dense_1"]["bias"][None]
 
 
-def make_step(conv, pool, tx):
+def make_step(convs, pool, tx):
     def step(params, opt_state, x, y, key):
         loss, g = jax.value_and_grad(
-            lambda p: losses.cross_entropy(cnn_apply(conv, pool, p, x, key), y)
+            lambda p: losses.cross_entropy(cnn_apply(convs, pool, p, x, key), y)
         )(params)
         updates, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -126,8 +135,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     k0, k1 = params0["Conv_0"]["kernel"], params0["Conv_1"]["kernel"]
 
     jobs: dict[str, Callable[[], object]] = {}
-    for name, (conv, pool) in VARIANTS.items():
-        step = make_step(conv, pool, tx)
+    for name, (conv0, conv1, pool) in VARIANTS.items():
+        if config.variants and name not in config.variants:
+            continue
+        step = make_step((conv0, conv1), pool, tx)
         state = {"p": jax.tree.map(jnp.copy, params0), "o": tx.init(params0)}
 
         def run_step(step=step, state=state):
@@ -135,8 +146,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
             return loss
 
         jobs[f"{name}/train_step"] = run_step
-        if name in ("flax", "mnistcnn"):
-            continue  # the conv pieces do not depend on the pool
+        if not config.pieces or conv0 is not conv1 or name in ("flax", "pool_vjp", "mnistcnn"):
+            continue  # the conv pieces depend only on the conv lowering: time each once
+        conv = conv0
         for layer, (xin, k) in {"conv0": (x, k0), "conv1": (x1, k1)}.items():
             fwd = jax.jit(conv)
             # the gradient a train step needs: the kernel's, and the input's for every layer but

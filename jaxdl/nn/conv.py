@@ -39,6 +39,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = ["conv_general_dilated", "conv_patches", "patches_conv"]
@@ -72,16 +73,37 @@ def _check_shapes(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> No
             )
 
 
+def _out_shape(spatial, window, strides) -> list[int]:
+    return [(size - k) // s + 1 for size, k, s in zip(spatial, window, strides, strict=True)]
+
+
 def conv_patches(x: jax.Array, window: Sequence[int], strides: Sequence[int]) -> jax.Array:
     """The im2col gather: ``(N, *spatial, C) -> (N, *out, prod(window) * C)``, no padding.
 
     ``out[b, o, d * C + c] = x[b, s * o + delta_d, c]`` where ``delta_d`` runs over the window
     offsets in row-major order, which is the order of a ``(*window, C, F)`` kernel reshaped to
-    ``(prod(window) * C, F)``. Built from strided slices and one concatenate, so its transpose
-    (col2im) is pads and adds, which XLA fuses.
+    ``(prod(window) * C, F)``. One gather with static indices: XLA:CPU emits it as a single
+    loop, about 1.5x cheaper than the same patches concatenated from ``prod(window)`` slices
+    (``docs/performance.md``).
     """
-    spatial = x.shape[1:-1]
-    out = [(size - k) // s + 1 for size, k, s in zip(spatial, window, strides, strict=True)]
+    n = len(window)
+    out = _out_shape(x.shape[1:-1], window, strides)
+    index = []
+    for d in range(n):
+        shape = [1] * (2 * n)
+        shape[d], shape[n + d] = out[d], window[d]
+        o = np.arange(out[d]).reshape([out[d] if i == d else 1 for i in range(2 * n)])
+        k = np.arange(window[d]).reshape([window[d] if i == n + d else 1 for i in range(2 * n)])
+        index.append(np.broadcast_to(strides[d] * o + k, shape))  # (.., out_d, .., k_d, ..)
+    p = x[(slice(None), *index, slice(None))]  # (N, *out, *window, C)
+    return p.reshape(*p.shape[: n + 1], -1)  # (N, *out, K*C)
+
+
+def _conv_patches_slices(x: jax.Array, window: Sequence[int], strides: Sequence[int]) -> jax.Array:
+    """:func:`conv_patches` built from strided slices and one concatenate. The same values; used
+    for its transpose (col2im), which JAX derives as pads and adds that XLA fuses, where the
+    gather's transpose would be a scatter-add."""
+    out = _out_shape(x.shape[1:-1], window, strides)
     slices = []
     for offset in itertools.product(*(range(k) for k in window)):
         start = (0, *offset, 0)
@@ -127,7 +149,7 @@ def _patches_conv_bwd(strides, precision, forward, residuals, g):
     w = kernel.reshape(-1, f)  # (K*C, F)
     # The patches are recomputed rather than stored: the gather is a cheap fused copy, and keeping
     # the K-times-larger patch matrix alive from forward to backward costs more memory traffic.
-    p, gather_t = jax.vjp(lambda x_: conv_patches(x_, window, strides), x)
+    p = conv_patches(x, window, strides)
     p2 = p.reshape(-1, p.shape[-1])  # (M, K*C), M = N * prod(out)
     g2 = g.reshape(-1, f)  # (M, F)
     dw = jnp.matmul(p2.T, g2, precision=precision).reshape(kernel.shape)  # (K*C, F) -> kernel
@@ -149,7 +171,8 @@ def _patches_conv_bwd(strides, precision, forward, residuals, g):
         (dx,) = conv_t(g)
     else:
         dp = jnp.matmul(g, w.T, precision=precision)  # (N, *out, K*C)
-        (dx,) = gather_t(dp)  # col2im: the transpose of the gather, pads and adds
+        _, col2im = jax.vjp(lambda x_: _conv_patches_slices(x_, window, strides), x)
+        (dx,) = col2im(dp)  # the transpose of the gather: pads and adds
     return dx, dw
 
 

@@ -13,7 +13,7 @@ from jax import lax
 from jax.test_util import check_grads
 
 from jaxdl import nn
-from jaxdl.nn.conv import conv_patches, patches_conv
+from jaxdl.nn.conv import _conv_patches_slices, conv_patches, patches_conv
 
 HI = lax.Precision.HIGHEST  # both sides at full f32 so the comparison tests the lowering, not TF32
 
@@ -76,6 +76,8 @@ def test_patches_are_the_im2col_of_the_definition():
         for j in range(6):
             window = xn[:, 2 * i : 2 * i + 3, j : j + 2, :]  # (N, 3, 2, C)
             np.testing.assert_array_equal(p[:, i, j], window.reshape(2, -1))
+    # the slice-built form, whose transpose is the col2im of the backward pass, is the same matrix
+    np.testing.assert_array_equal(np.asarray(_conv_patches_slices(x, (3, 2), (2, 1))), p)
 
 
 @pytest.mark.parametrize("forward", FORWARDS)

@@ -328,7 +328,7 @@ class RNN(nn.Module):
     for all steps as one ``(T*B, in) @ (in, G)`` matmul before the scan (the cuDNN strategy; best
     on GPU/TPU, where the per-step matmuls are launch-bound); ``False`` does it inside the loop
     step by step. ``None`` (default) hoists except on CPU, where we measured the hoisted form
-    about 1.7x slower for the course's ``LSTM(64)`` train step: XLA:CPU reads the ``(T, B, 4H)``
+    1.1x to 2x slower for the course's ``LSTM(64)`` train step: XLA:CPU reads the ``(T, B, 4H)``
     buffer through a dynamic slice fused into the gate arithmetic, which costs more than the
     small ``(B, in) @ (in, 4H)`` matmul it saves (docs/experiments/lstm_step.md). Both forms
     compute the same function.

@@ -1,8 +1,17 @@
-"""Training: TrainState, jitted steps, fit with Keras-style callbacks, orbax checkpoints."""
+"""Training: TrainState, jitted steps, fit with Keras-style callbacks, orbax checkpoints,
+data-parallel and mixed-precision training, and a debugging toolkit.
 
+Submodules: :mod:`~jaxdl.train.parallel` (sharding, pmap, multi-process),
+:mod:`~jaxdl.train.precision` (dtype policies, loss scaling), :mod:`~jaxdl.train.debug`
+(overfit-one-batch, layer statistics, NaN finder, learning-rate range test).
+"""
+
+from jaxdl.train import debug, parallel, precision
 from jaxdl.train.callbacks import Callback, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
 from jaxdl.train.checkpoint import Checkpointer
+from jaxdl.train.debug import LayerStatsLogger, lr_range_test, overfit_one_batch
 from jaxdl.train.loop import History, NonFiniteLossError, Trainer, default_optimizer, evaluate, fit
+from jaxdl.train.precision import Policy, dynamic_loss_scale
 from jaxdl.train.state import TrainState, create_train_state
 from jaxdl.train.step import make_eval_step, make_train_step
 
@@ -11,21 +20,23 @@ __all__ = [
     "Checkpointer",
     "EarlyStopping",
     "History",
+    "LayerStatsLogger",
     "ModelCheckpoint",
     "NonFiniteLossError",
+    "Policy",
     "ReduceLROnPlateau",
     "TrainState",
     "Trainer",
     "create_train_state",
+    "debug",
     "default_optimizer",
+    "dynamic_loss_scale",
     "evaluate",
     "fit",
+    "lr_range_test",
     "make_eval_step",
     "make_train_step",
+    "overfit_one_batch",
+    "parallel",
+    "precision",
 ]
-
-# Scale: data-parallel/sharded training and mixed precision (train.parallel.make_mesh, ...).
-from jaxdl.train import parallel, precision  # noqa: E402
-from jaxdl.train.precision import Policy, dynamic_loss_scale  # noqa: E402
-
-__all__ += ["Policy", "dynamic_loss_scale", "parallel", "precision"]

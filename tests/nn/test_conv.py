@@ -199,3 +199,17 @@ def test_bad_inputs_raise_naming_the_argument():
         patches_conv(x, k, forward="fast")
     with pytest.raises(ValueError, match="padding"):
         patches_conv(x, k, padding=((1, 1),))
+
+
+@pytest.mark.parametrize("shape", [(2, 26, 26, 3), (2, 11, 11, 4)])  # even, and odd (floor mode)
+def test_mnistcnn_pool_equals_reduce_window_forward_and_gradient(shape):
+    from jaxdl.models.cnn import _pool
+
+    # continuous random values: every window's maximum is unique, where the gradients must agree
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    ref = lambda x: fnn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # noqa: E731
+    chex.assert_trees_all_equal(_pool(x), ref(x))
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(ref(x).shape), jnp.float32)
+    g = jax.grad(lambda x: jnp.sum(_pool(x) * ct))(x)
+    chex.assert_trees_all_equal(g, jax.grad(lambda x: jnp.sum(ref(x) * ct))(x))
+    chex.assert_trees_all_equal(jax.jit(jax.vmap(_pool))(x[None])[0], ref(x))

@@ -16,7 +16,13 @@ TORCHVISION = {
 
 
 @pytest.mark.parametrize(
-    "ctor,expected", TORCHVISION.items(), ids=lambda v: getattr(v, "__name__", "")
+    "ctor,expected",
+    # The deepest one traces for a few seconds: slow.
+    [
+        pytest.param(c, e, marks=[pytest.mark.slow] if e > 20e6 else [])
+        for c, e in TORCHVISION.items()
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
 )
 def test_imagenet_param_counts_equal_torchvision(ctor, expected):
     # Parameters do not depend on the resolution; 32x32 keeps the abstract trace small.
@@ -59,6 +65,7 @@ def test_concatenation_widths():
     assert v["block1_layer5"]["conv2"]["kernel"].shape == (3, 3, 48, 12)
 
 
+@pytest.mark.slow
 def test_output_shape_and_dropout_only_in_training():
     model = models.densenet_cifar(10, growth_rate=4, drop_rate=0.5, num_classes=3)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))

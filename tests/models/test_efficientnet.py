@@ -60,7 +60,14 @@ def test_compound_scaling_arithmetic(variant):
     assert [s[:3] for s in stages] == [s[:3] for s in eff.B0_STAGES]
 
 
-@pytest.mark.parametrize("variant", sorted(PUBLISHED))
+@pytest.mark.parametrize(
+    "variant",
+    # B6 and B7 trace for a few seconds each: slow.
+    [
+        pytest.param(v, marks=[pytest.mark.slow] if v in ("b6", "b7") else [])
+        for v in sorted(PUBLISHED)
+    ],
+)
 def test_published_param_counts(variant):
     # Parameters do not depend on resolution; 32x32 keeps the abstract trace small.
     ctor = getattr(models, f"EfficientNet{variant.upper()}")

@@ -69,7 +69,13 @@ TORCHVISION = {
 
 
 @pytest.mark.parametrize(
-    "ctor,expected", TORCHVISION.items(), ids=lambda v: getattr(v, "__name__", "")
+    "ctor,expected",
+    # The deepest one traces for a few seconds: slow.
+    [
+        pytest.param(c, e, marks=[pytest.mark.slow] if e > 50e6 else [])
+        for c, e in TORCHVISION.items()
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
 )
 def test_imagenet_param_counts_equal_torchvision(ctor, expected):
     assert param_count(ctor(), (1, 224, 224, 3)) == expected
@@ -222,7 +228,7 @@ def test_norm_injection():
     assert set(variables["params"]["stage1_block1"]["bn1"]) == {"scale", "bias"}
 
 
-@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+@pytest.mark.parametrize("block", ["basic", pytest.param("bottleneck", marks=pytest.mark.slow)])
 def test_jit_train_step(block):
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 3))
     y = jnp.arange(8) % 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 
 import jax
@@ -128,6 +129,15 @@ def check_fit() -> dict:
             "kernel_spec": str(kernel.sharding.spec),
         }
     results["fit_single_devices"] = len(single.state.params["Dense_0"]["kernel"].devices())
+    # Resume on the mesh: one epoch, then a second fit in the same workdir continues it.
+    with tempfile.TemporaryDirectory() as workdir:
+        fit_case(epochs=1, workdir=workdir)
+        resumed = fit_case(workdir=workdir)
+    results["fit_resumed"] = {
+        "params": max_diff(resumed.state.params, single.state.params),
+        "devices": len(resumed.state.params["Dense_0"]["kernel"].sharding.device_set),
+        "epochs": resumed.epoch,
+    }
     return results
 
 

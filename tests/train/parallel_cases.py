@@ -42,12 +42,12 @@ def fit_case(**kwargs) -> train.History:
     """Two epochs of momentum SGD on 100 examples in batches of 32: three full batches and a short
     one of 4 (not divisible by 8, so the sharded path replicates it)."""
     x, y = data()
+    kwargs = {"epochs": 2, **kwargs}
     return train.fit(
         TinyNet(dropout_rate=0.25),
         optim.momentum(0.1, 0.9),
         train_data=(x, y),
         val_data=(x[:40], y[:40]),
-        epochs=2,
         batch_size=32,
         verbose=False,
         **kwargs,

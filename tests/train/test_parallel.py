@@ -132,6 +132,15 @@ def test_fit_on_eight_devices_equals_one(fits, case):
 
 
 @pytest.mark.slow
+def test_fit_resumes_on_eight_devices(fits):
+    """An 8-device fit checkpointed after epoch 1 and resumed ends where one device ends."""
+    r = fits["fit_resumed"]
+    assert r["devices"] == 8
+    assert r["epochs"] == [0, 1]
+    assert r["params"] < TOL
+
+
+@pytest.mark.slow
 def test_two_processes_of_four_devices_match_single_process(tmp_path):
     """2 processes x 4 CPU devices through jax.distributed (gloo) on localhost, started by the
     launcher: fit on the global 8-device mesh ends with single-process parameters and history."""

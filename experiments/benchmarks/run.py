@@ -177,6 +177,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
             r = _run_one(fw, wl, cfg, workdir, config)
             if "skipped" in r:
                 print(f"[{fw}] {wl}: skipped ({r['skipped']})", flush=True)
+            elif "median" in r:
+                print(f"[{fw}] {wl}: {r['median']:,.0f} ex/s", flush=True)
+            else:
+                print(f"[{fw}] {wl}: {r['seconds']:.1f} s, {r['epochs']} epochs", flush=True)
             results.append(r)
     rows, table = ratio_table(results)
     print(table)

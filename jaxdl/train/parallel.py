@@ -172,7 +172,11 @@ def put_global(tree: Any, shardings: Any) -> Any:
 
 
 def shard_state(state: TrainState, mesh: Mesh, shard_params: bool = False) -> TrainState:
-    """``state`` placed on ``mesh``: replicated, or FSDP-sharded with ``shard_params=True``."""
+    """``state`` placed on ``mesh``: replicated, or FSDP-sharded with ``shard_params=True``.
+
+    The result may share device buffers with ``state`` (``device_put`` need not copy to a device
+    that already holds the array), so after a donating step has consumed it, treat ``state`` as
+    consumed too."""
     return put_global(state, state_shardings(state, mesh, shard_params))
 
 

@@ -35,7 +35,13 @@ class Checkpointer:
         )
 
     def save(self, step: int, state: Any, meta: dict | None = None) -> None:
-        """Write checkpoint ``step`` (synchronously: the state may be donated right after)."""
+        """Write checkpoint ``step`` (synchronously: the state may be donated right after).
+
+        An existing checkpoint with the same number is replaced: a resumed run redoes the epoch
+        that was interrupted, and its callbacks save that epoch again.
+        """
+        if step in self._manager.all_steps():
+            self._manager.delete(int(step))
         self._manager.save(
             int(step),
             args=ocp.args.Composite(

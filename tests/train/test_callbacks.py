@@ -169,3 +169,12 @@ def test_bad_callback_arguments(make, match):
 def test_missing_monitor_names_available_metrics():
     with pytest.raises(ValueError, match=r"val_loss.*\['loss'\]"):
         train.EarlyStopping().on_epoch_end(0, {"loss": 1.0}, _trainer())
+
+
+def test_checkpointer_replaces_a_step_that_already_exists(tmp_path):
+    ckpt = train.Checkpointer(str(tmp_path / "c"), max_to_keep=3)
+    ckpt.save(1, {"w": jnp.zeros(2)}, {"v": 1})
+    ckpt.save(1, {"w": jnp.ones(2)}, {"v": 2})  # e.g. the epoch redone after a resume
+    restored, meta = ckpt.restore({"w": jnp.zeros(2)})
+    np.testing.assert_array_equal(restored["w"], np.ones(2))
+    assert meta == {"v": 2} and ckpt.all_steps() == [1]

@@ -11,7 +11,9 @@ changed, so the difference between two rows is what that change buys:
   gradient as one matmul of the patches, the input gradient as a matmul and its col2im;
 - ``lax_fwd_matmul_dw``: ``patches_conv(forward="lax")``: lax's forward convolution and input
   gradient, the kernel gradient as the patches matmul;
-- ``mnistcnn``: plus the pool's one-pass backward: what :class:`jaxdl.models.MnistCNN` runs.
+- ``pool_vjp``: lax convolutions with MnistCNN's training pool (four-slice forward, one-pass
+  backward); ``pool_vjp+matmul_dw0``: plus the patches kernel gradient on the first layer only;
+- ``mnistcnn``: both layers: what :class:`jaxdl.models.MnistCNN` runs in training.
 
 For each variant: the full train step (forward, backward, Adam), and for each conv layer alone the
 forward and the forward+backward. Variants are timed interleaved, round after round, so a change
@@ -82,9 +84,9 @@ VARIANTS: dict[str, tuple[Callable, Callable, Callable]] = {
     "patches_autodiff": (_patches_autodiff, _patches_autodiff, max_pool),
     "patches_vjp": (patches_conv, patches_conv, max_pool),
     "lax_fwd_matmul_dw": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, max_pool),
-    "pool_vjp": (_lax_conv, _lax_conv, cnn_module._pool),
-    "pool_vjp+matmul_dw0": (_lax_fwd_matmul_dw, _lax_conv, cnn_module._pool),
-    "mnistcnn": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, cnn_module._pool),
+    "pool_vjp": (_lax_conv, _lax_conv, cnn_module._pool_train),
+    "pool_vjp+matmul_dw0": (_lax_fwd_matmul_dw, _lax_conv, cnn_module._pool_train),
+    "mnistcnn": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, cnn_module._pool_train),
 }
 
 

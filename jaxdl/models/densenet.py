@@ -14,7 +14,6 @@ paper's CIFAR DenseNet-BC (L = 100, k = 12: 0.8M parameters).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.models.resnet import ModuleDef, check_images
+from jaxdl.models.resnet import ModuleDef, bind_conv_norm, check_images
 
 # He et al.'s normal init with the fan-in (torchvision's kaiming_normal_ default for DenseNet).
 he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -103,21 +102,7 @@ class DenseNet(nn.Module):
         if self.growth_rate < 1:
             raise ValueError(f"{name}: growth_rate must be >= 1, got {self.growth_rate}")
         check_images(x, self.input_channels, self.downsampling, name)
-        conv = functools.partial(
-            self.conv,
-            use_bias=False,
-            kernel_init=he_normal_fan_in,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
-        norm = functools.partial(
-            self.norm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        conv, norm = bind_conv_norm(self, train, he_normal_fan_in, momentum=0.9, epsilon=1e-5)
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
             x = conv(

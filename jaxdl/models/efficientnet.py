@@ -22,7 +22,6 @@ block index, ``p_i = p * i / N`` (stochastic depth, Huang et al. 2016).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -31,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.models.resnet import ModuleDef, check_images
+from jaxdl.models.resnet import ModuleDef, bind_conv_norm, check_images
 
 
 class StageSpec(NamedTuple):
@@ -288,22 +287,8 @@ class EfficientNet(nn.Module):
             if not 0.0 <= getattr(self, attr) < 1.0:
                 raise ValueError(f"{name}: {attr} must be in [0, 1), got {getattr(self, attr)}")
         check_images(x, self.input_channels, self.downsampling, name)
-        conv = functools.partial(
-            self.conv,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
         # The reference implementation's BN: 0.99 momentum, eps 1e-3.
-        norm = functools.partial(
-            self.norm,
-            use_running_average=not train,
-            momentum=0.99,
-            epsilon=1e-3,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        conv, norm = bind_conv_norm(self, train, conv_init, momentum=0.99, epsilon=1e-3)
         x = jnp.asarray(x, self.dtype)
         stem = round_filters(self.stem_features, self.width)
         x = conv(stem, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), name="stem_conv")(x)

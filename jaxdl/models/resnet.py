@@ -41,6 +41,37 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 SHORTCUTS = ("A", "B", "none")
 
 
+def bind_conv_norm(
+    model: nn.Module,
+    train: bool,
+    kernel_init: Callable[..., jax.Array],
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+) -> tuple[ModuleDef, ModuleDef]:
+    """The model's injected ``conv`` and ``norm`` with what all their layers share.
+
+    Convolutions carry no bias (a normalisation follows each one); both compute in the model's
+    ``dtype`` with ``param_dtype`` parameters; BatchNorm uses batch statistics in training and the
+    running averages (``batch_stats``) in inference. ``momentum`` weighs the old running value.
+    """
+    conv = functools.partial(
+        model.conv,
+        use_bias=False,
+        kernel_init=kernel_init,
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+    )
+    norm = functools.partial(
+        model.norm,
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+    )
+    return conv, norm
+
+
 def check_images(
     x: jax.Array, channels: int, min_size: int, model: str, min_size_reason: str = ""
 ) -> None:
@@ -219,22 +250,8 @@ class ResNet(nn.Module):
                 f"{name}: zero_init_residual=True with shortcut='none' zeroes every block's output"
             )
         check_images(x, self.input_channels, self.downsampling, name)
-        conv = functools.partial(
-            self.conv,
-            use_bias=False,
-            kernel_init=he_normal,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
         # torchvision's BN: momentum 0.1 on the new value (= 0.9 on the old here), eps 1e-5.
-        norm = functools.partial(
-            self.norm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        conv, norm = bind_conv_norm(self, train, he_normal, momentum=0.9, epsilon=1e-5)
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
             x = conv(self.num_filters, (7, 7), strides=(2, 2), padding=_pad(7), name="conv_init")(x)

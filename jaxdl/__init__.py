@@ -2,9 +2,16 @@
 
 Subpackages: :mod:`jaxdl.nn` (layers and cells), :mod:`jaxdl.models`, :mod:`jaxdl.optim`
 (optimizers as optax transforms), :mod:`jaxdl.losses`, :mod:`jaxdl.data`, :mod:`jaxdl.train`.
+Importing jaxdl adds two XLA:CPU scheduling flags to ``XLA_FLAGS`` (:mod:`jaxdl.xla_flags`;
+``JAXDL_XLA_FLAGS=0`` opts out).
 """
 
-from jaxdl import data, losses, models, nn, optim, train
+# First, before anything can start JAX's backend: XLA reads XLA_FLAGS only then.
+from jaxdl import xla_flags
+
+xla_flags.apply()
+
+from jaxdl import data, losses, models, nn, optim, train  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["data", "losses", "models", "nn", "optim", "train", "__version__"]
+__all__ = ["data", "losses", "models", "nn", "optim", "train", "xla_flags", "__version__"]

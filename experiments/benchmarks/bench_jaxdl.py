@@ -13,8 +13,12 @@ from experiments.benchmarks._harness import main
 
 
 def versions() -> dict[str, str]:
+    # jaxdl before the first computation: it adds its XLA:CPU flags (jaxdl.xla_flags), which only
+    # count if they are in XLA_FLAGS before jax.default_backend() below starts the backend.
     import flax
     import jax
+
+    import jaxdl  # noqa: F401
 
     return {"jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend()}
 

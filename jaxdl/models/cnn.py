@@ -15,10 +15,13 @@ from jaxdl.nn.conv import conv_general_dilated
 # Keras's defaults for Conv2D and Dense: Glorot-uniform kernels, zero biases.
 _kernel_init = nn.initializers.glorot_uniform()
 
-# XLA:CPU computes a convolution's kernel gradient as a convolution over transposed copies of the
-# activations, which profiled at over half of the whole train step; the patches lowering computes
-# it as one matmul (docs/performance.md). The forward pass stays lax's convolution, already fast.
-_conv = functools.partial(conv_general_dilated, forward="lax")
+# Training: the first layer (one input channel) as 9 broadcast multiply-adds that XLA fuses with
+# its bias, ReLU and pool; the second keeps lax's forward convolution and input gradient and takes
+# its kernel gradient as GEMMs over row-offset gathers, where XLA:CPU's own kernel gradient
+# profiled at over half of the train step (jaxdl.nn.conv). Inference keeps lax's convolutions,
+# which are faster there at large batches (docs/performance.md has the measurements).
+_conv_first_train = functools.partial(conv_general_dilated, forward="direct")
+_conv = functools.partial(conv_general_dilated, forward="lax", kernel_grad="rows")
 
 
 def _pool_window(x: jax.Array) -> jax.Array:
@@ -119,21 +122,22 @@ class MnistCNN(nn.Module):
             raise ValueError(
                 f"MnistCNN: x must have shape (N, 28, 28, 1) (NHWC grayscale), got {tuple(x.shape)}"
             )
-        conv = lambda f: nn.Conv(  # noqa: E731
+        conv = lambda f, lowering: nn.Conv(  # noqa: E731
             f,
             (3, 3),
             padding="VALID",
             kernel_init=_kernel_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            conv_general_dilated=_conv,
+            conv_general_dilated=lowering,
         )
         dense = lambda f: nn.Dense(  # noqa: E731
             f, kernel_init=_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype
         )
-        pool = _pool_train if train else _pool  # the same function; each is faster in its mode
-        x = pool(nn.relu(conv(32)(x)))  # (N, 13, 13, 32)
-        x = pool(nn.relu(conv(64)(x)))  # (N, 5, 5, 64)
+        # the same functions in both modes; each lowering is the faster one in its mode
+        pool = _pool_train if train else _pool
+        x = pool(nn.relu(conv(32, _conv_first_train if train else _conv)(x)))  # (N, 13, 13, 32)
+        x = pool(nn.relu(conv(64, _conv)(x)))  # (N, 5, 5, 64)
         x = x.reshape(x.shape[0], -1)  # (N, 1600)
         x = nn.relu(dense(128)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdl import losses
+from jaxdl import losses, xla_flags
 from jaxdl.train.precision import all_finite, cast_outputs, current_loss_scale
 from jaxdl.train.state import TrainState, train_kwargs
 
@@ -84,7 +84,8 @@ def make_train_step(
     ``axis_name`` (for :func:`jax.pmap`, see :mod:`jaxdl.train.parallel`): gradients and
     BatchNorm statistics are ``pmean``-ed and metric sums ``psum``-ed over that axis, and dropout
     and augmentation keys are folded with the device index. ``jit=False`` returns the step
-    uncompiled, for the caller to wrap in ``jax.jit`` with shardings or in ``jax.pmap``.
+    uncompiled, for the caller to wrap in ``jax.jit`` with shardings or in ``jax.pmap``. On CPU the
+    step is compiled with :func:`jaxdl.xla_flags.train_step_compiler_options`.
     """
     loss_fn = loss_fn or losses.cross_entropy
     mixes_labels = augment is not None and takes_labels(augment)
@@ -149,7 +150,11 @@ def make_train_step(
 
     if not jit:
         return train_step
-    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    return jax.jit(
+        train_step,
+        donate_argnums=(0,) if donate else (),
+        compiler_options=xla_flags.train_step_compiler_options(),
+    )
 
 
 def make_eval_step(

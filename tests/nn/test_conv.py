@@ -13,7 +13,7 @@ from jax import lax
 from jax.test_util import check_grads
 
 from jaxdl import nn
-from jaxdl.nn.conv import _conv_patches_slices, conv_patches, patches_conv
+from jaxdl.nn.conv import MAX_DIRECT_TERMS, _conv_patches_slices, conv_patches, patches_conv
 
 HI = lax.Precision.HIGHEST  # both sides at full f32 so the comparison tests the lowering, not TF32
 
@@ -27,7 +27,13 @@ CASES = [
     ((1, 5, 6, 7, 2), (2, 3, 2, 2, 3), (1, 2, 1), "VALID"),  # 3-D
 ]
 IDS = ["mnist_conv0", "mnist_conv1", "same_strided", "explicit_pads", "conv1d", "conv3d"]
-FORWARDS = ["patches", "lax"]
+FORWARDS = ["patches", "lax", "direct"]
+# every (forward, kernel_grad) pair; "direct" only where prod(window) * C is small enough for it
+LOWERINGS = [pytest.param(f, g, id=f"{f}-{g}") for f in FORWARDS for g in ("patches", "rows")]
+
+
+def _supports(forward, ks) -> bool:
+    return forward != "direct" or int(np.prod(ks[:-1])) <= MAX_DIRECT_TERMS
 
 
 def _dn(ndim: int) -> tuple[str, str, str]:
@@ -50,12 +56,21 @@ def _reference(x, k, strides, padding):
     )
 
 
-@pytest.mark.parametrize("forward", FORWARDS)
+@pytest.mark.parametrize("forward,kernel_grad", LOWERINGS)
 @pytest.mark.parametrize("xs,ks,strides,padding", CASES, ids=IDS)
-def test_forward_and_gradients_equal_lax(xs, ks, strides, padding, forward):
+def test_forward_and_gradients_equal_lax(xs, ks, strides, padding, forward, kernel_grad):
+    if not _supports(forward, ks):
+        with pytest.raises(ValueError, match="direct"):  # refused with a clear error instead
+            patches_conv(*_inputs(xs, ks), forward=forward)
+        return
     x, k = _inputs(xs, ks)
     ours = functools.partial(
-        patches_conv, strides=strides, padding=padding, precision=HI, forward=forward
+        patches_conv,
+        strides=strides,
+        padding=padding,
+        precision=HI,
+        forward=forward,
+        kernel_grad=kernel_grad,
     )
     ref = functools.partial(_reference, strides=strides, padding=padding)
     y = ours(x, k)
@@ -80,11 +95,16 @@ def test_patches_are_the_im2col_of_the_definition():
     np.testing.assert_array_equal(np.asarray(_conv_patches_slices(x, (3, 2), (2, 1))), p)
 
 
-@pytest.mark.parametrize("forward", FORWARDS)
-def test_gradients_match_finite_differences(forward):
+@pytest.mark.parametrize("forward,kernel_grad", LOWERINGS)
+def test_gradients_match_finite_differences(forward, kernel_grad):
     x, k = _inputs((2, 6, 5, 2), (3, 3, 2, 3))
     f = functools.partial(
-        patches_conv, strides=(2, 1), padding="SAME", precision=HI, forward=forward
+        patches_conv,
+        strides=(2, 1),
+        padding="SAME",
+        precision=HI,
+        forward=forward,
+        kernel_grad=kernel_grad,
     )
     # custom_vjp defines reverse mode only; float32 central differences need a loose tolerance
     check_grads(f, (x, k), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
@@ -106,26 +126,27 @@ class TestTransforms(chex.TestCase):
         chex.assert_trees_all_close((value, grad), (ref_value, ref_grad), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("forward", FORWARDS)
-def test_vmap_over_an_extra_axis_equals_a_loop(forward):
+@pytest.mark.parametrize("forward,kernel_grad", LOWERINGS)
+def test_vmap_over_an_extra_axis_equals_a_loop(forward, kernel_grad):
     xs, ks = _inputs((4, 2, 9, 9, 3), (4, 3, 3, 3, 5))  # 4 independent (x, kernel) problems
+    conv = functools.partial(patches_conv, precision=HI, forward=forward, kernel_grad=kernel_grad)
 
     def loss(x, k):
-        return jnp.sum(patches_conv(x, k, padding="SAME", precision=HI, forward=forward) ** 2)
+        return jnp.sum(conv(x, k, padding="SAME") ** 2)
 
     g_vmap = jax.vmap(jax.grad(loss, (0, 1)))(xs, ks)
     g_loop = [jax.grad(loss, (0, 1))(xs[i], ks[i]) for i in range(4)]
     chex.assert_trees_all_close(
         g_vmap, jax.tree.map(lambda *a: jnp.stack(a), *g_loop), rtol=1e-5, atol=1e-5
     )
-    y_vmap = jax.vmap(lambda x, k: patches_conv(x, k, precision=HI, forward=forward))(xs, ks)
+    y_vmap = jax.vmap(conv)(xs, ks)
     chex.assert_trees_all_close(
         y_vmap[2], _reference(xs[2], ks[2], (1, 1), "VALID"), rtol=1e-5, atol=1e-5
     )
 
 
-@pytest.mark.parametrize("forward", FORWARDS)
-def test_second_order_reverse_over_reverse_equals_lax(forward):
+@pytest.mark.parametrize("forward,kernel_grad", LOWERINGS)
+def test_second_order_reverse_over_reverse_equals_lax(forward, kernel_grad):
     x, k = _inputs((2, 8, 8, 3), (3, 3, 3, 4))
 
     def grad_norm(conv):
@@ -135,7 +156,9 @@ def test_second_order_reverse_over_reverse_equals_lax(forward):
 
         return jax.grad(lambda k: jnp.sum(jax.grad(inner)(x, k) ** 2))(k)
 
-    ours = grad_norm(lambda x, k: patches_conv(x, k, precision=HI, forward=forward))
+    ours = grad_norm(
+        lambda x, k: patches_conv(x, k, precision=HI, forward=forward, kernel_grad=kernel_grad)
+    )
     ref = grad_norm(lambda x, k: _reference(x, k, (1, 1), "VALID"))
     chex.assert_trees_all_close(ours, ref, rtol=1e-4, atol=1e-4)
 
@@ -197,6 +220,11 @@ def test_bad_inputs_raise_naming_the_argument():
         patches_conv(x, k, strides=(0, 1))
     with pytest.raises(ValueError, match="forward"):
         patches_conv(x, k, forward="fast")
+    with pytest.raises(ValueError, match="kernel_grad"):
+        patches_conv(x, k, kernel_grad="cols")
+    wide = jnp.zeros((3, 3, 8, 4))  # 72 multiply-adds per output: more than "direct" unrolls
+    with pytest.raises(ValueError, match="forward='direct'.*72"):
+        patches_conv(jnp.zeros((2, 8, 8, 8)), wide, forward="direct")
     with pytest.raises(ValueError, match="padding"):
         patches_conv(x, k, padding=((1, 1),))
 

@@ -1,0 +1,127 @@
+"""XLA:CPU settings that make jaxdl's training steps faster: one process-wide flag, set when jaxdl
+is imported, and one compiler option for the train step alone.
+
+Measured on the course's CNN train step, 2-core CPU, jaxlib 0.10.2 (``docs/performance.md``):
+
+- :data:`CPU_FLAGS`, process-wide: ``xla_cpu_enable_concurrency_optimized_scheduler=false``. The
+  default schedule orders a step's operations so that independent ones can run at the same time
+  on the runtime's threads. When the operations are themselves multi-threaded (GEMMs,
+  convolutions, large fused loops) running them side by side only splits the cores between them.
+  XLA reads this flag from ``XLA_FLAGS`` once, when the first computation starts the backend
+  (a per-``jit`` compiler option of the same name measured no effect), so it is added at
+  ``import jaxdl`` (:func:`apply`).
+- :func:`train_step_compiler_options`, per ``jax.jit`` (used by
+  :func:`jaxdl.train.make_train_step`):
+  ``xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`` hands only matrix
+  multiplies to the YNNPACK library, not convolutions. At the train step's batch of 128 the
+  library's convolution ran on one core (4.8 ms for the CNN's second layer on 1 or 2 cores) where
+  XLA's own takes 1.8 ms on two; at an inference batch of 1000 the library's is the faster one (it
+  parallelises across the batch), so inference keeps the default.
+
+Together they take the CNN train step from 28 to 17.5 ms (each alone: about 21 and 27 ms).
+Neither changes what is computed, only the schedule and which kernel runs, and both concern the
+CPU backend only. They are applied
+
+- only when the installed jaxlib is a version they were measured with (:data:`TESTED_JAXLIB`),
+  since XLA aborts the process on a flag it does not know;
+- only for flags the user has not set in ``XLA_FLAGS`` (the user's value wins);
+- unless the environment variable ``JAXDL_XLA_FLAGS=0`` opts out (of both).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+__all__ = [
+    "CPU_FLAGS",
+    "TESTED_JAXLIB",
+    "TRAIN_STEP_OPTIONS",
+    "apply",
+    "backend_started",
+    "train_step_compiler_options",
+]
+
+CPU_FLAGS: dict[str, str] = {"xla_cpu_enable_concurrency_optimized_scheduler": "false"}
+TRAIN_STEP_OPTIONS: dict[str, Any] = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+}
+
+# (major, minor) jaxlib releases with these flags, where they were measured.
+TESTED_JAXLIB: tuple[tuple[int, int], ...] = ((0, 10),)
+
+OPT_OUT_ENV = "JAXDL_XLA_FLAGS"
+
+
+def _jaxlib_version() -> tuple[int, int] | None:
+    try:
+        from jaxlib import version
+    except ImportError:
+        return None
+    parts = version.__version__.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _enabled(env) -> bool:
+    if env.get(OPT_OUT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return _jaxlib_version() in TESTED_JAXLIB
+
+
+def _user_flags(env) -> set[str]:
+    return {tok.lstrip("-").split("=", 1)[0] for tok in env.get("XLA_FLAGS", "").split()}
+
+
+def backend_started() -> bool:
+    """Whether JAX has already started a backend (after which ``XLA_FLAGS`` is not read again)."""
+    try:
+        from jax._src import xla_bridge
+    except ImportError:  # pragma: no cover - layout of a future jax
+        return False
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(started()) if started is not None else False
+
+
+def _default_backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
+def apply(environ: dict[str, str] | None = None) -> list[str]:
+    """Add :data:`CPU_FLAGS` to ``XLA_FLAGS`` in ``environ`` (default ``os.environ``).
+
+    Returns the flags added (``--name=value``), empty when opted out, when jaxlib is not a
+    :data:`TESTED_JAXLIB` version, or when every flag is already set by the user. Warns when
+    called on ``os.environ`` after the CPU backend has started (the flags then come too late).
+    """
+    env = os.environ if environ is None else environ
+    if not _enabled(env):
+        return []
+    present = _user_flags(env)
+    added = [f"--{name}={value}" for name, value in CPU_FLAGS.items() if name not in present]
+    if added:
+        env["XLA_FLAGS"] = " ".join([*env.get("XLA_FLAGS", "").split(), *added])
+        if environ is None and backend_started() and _default_backend() == "cpu":
+            warnings.warn(
+                "jaxdl.xla_flags: JAX's backend started before `import jaxdl`, so the XLA:CPU "
+                f"flags {added} are not in effect (CPU training runs slower); import jaxdl "
+                "before the first JAX computation, or put them in XLA_FLAGS yourself",
+                stacklevel=3,
+            )
+    return added
+
+
+def train_step_compiler_options(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """``compiler_options`` for a train step's ``jax.jit``: :data:`TRAIN_STEP_OPTIONS` on the CPU
+    backend of a tested jaxlib, less those the user set in ``XLA_FLAGS``; ``None`` otherwise."""
+    env = os.environ if environ is None else environ
+    if not _enabled(env) or _default_backend() != "cpu":
+        return None
+    present = _user_flags(env)
+    options = {k: v for k, v in TRAIN_STEP_OPTIONS.items() if k not in present}
+    return options or None

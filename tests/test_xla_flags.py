@@ -1,0 +1,86 @@
+"""jaxdl.xla_flags: which flags ``import jaxdl`` adds, that the user's own win, the opt-out, and
+that they take effect in a fresh process (the compiled convolution changes kernel)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxdl import xla_flags
+
+TESTED = xla_flags._jaxlib_version() in xla_flags.TESTED_JAXLIB
+
+
+@pytest.fixture
+def tested_jaxlib(monkeypatch):
+    monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda: xla_flags.TESTED_JAXLIB[0])
+
+
+def test_adds_every_flag_to_an_empty_environment(tested_jaxlib):
+    env = {}
+    added = xla_flags.apply(env)
+    assert added == [f"--{k}={v}" for k, v in xla_flags.CPU_FLAGS.items()]
+    assert env["XLA_FLAGS"].split() == added
+
+
+def test_keeps_the_users_flags_and_values(tested_jaxlib):
+    name = next(iter(xla_flags.CPU_FLAGS))
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=8 --{name}=true"}
+    added = xla_flags.apply(env)
+    tokens = env["XLA_FLAGS"].split()
+    assert tokens[:2] == ["--xla_force_host_platform_device_count=8", f"--{name}=true"]
+    assert all(not a.startswith(f"--{name}=") for a in added)  # the user's value wins
+    assert len(added) == len(xla_flags.CPU_FLAGS) - 1
+    assert xla_flags.apply(env) == []  # idempotent
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off"])
+def test_opt_out(tested_jaxlib, value):
+    env = {xla_flags.OPT_OUT_ENV: value}
+    assert xla_flags.apply(env) == []
+    assert "XLA_FLAGS" not in env
+
+
+def test_an_untested_jaxlib_gets_no_flags(monkeypatch):
+    # XLA aborts on a flag it does not know: only versions the flags were measured with get them
+    monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda: (0, 4))
+    env = {}
+    assert xla_flags.apply(env) == []
+    assert env == {}
+
+
+def test_train_step_options_on_cpu_and_the_users_value_wins(tested_jaxlib):
+    assert xla_flags.train_step_compiler_options({}) == xla_flags.TRAIN_STEP_OPTIONS
+    name = next(iter(xla_flags.TRAIN_STEP_OPTIONS))
+    assert xla_flags.train_step_compiler_options({"XLA_FLAGS": f"--{name}=x"}) is None
+    assert xla_flags.train_step_compiler_options({xla_flags.OPT_OUT_ENV: "0"}) is None
+
+
+_PROBE = """
+import os, jaxdl, jax, jax.numpy as jnp
+from jax import lax
+from jaxdl import xla_flags
+x, k = jnp.ones((8, 13, 13, 32)), jnp.ones((3, 3, 32, 64))
+f = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+options = xla_flags.train_step_compiler_options()
+text = jax.jit(f, compiler_options=options).lower(x, k).compile().as_text()
+flag = "xla_cpu_enable_concurrency_optimized_scheduler=false" in os.environ.get("XLA_FLAGS", "")
+print(("YNN_CONV" if "__ynn_fusion" in text else "XLA_CONV") + (" SCHED" if flag else ""))
+"""
+
+
+@pytest.mark.skipif(not TESTED, reason="the flags are only applied on a tested jaxlib")
+def test_the_flags_take_effect_in_a_fresh_process():
+    def run(extra):
+        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXDL_XLA_FLAGS")}
+        env.update(extra, JAX_PLATFORMS="cpu")
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    # with jaxdl's options a train step's convolution is XLA's own (multi-threaded) and the
+    # scheduler flag is in the environment XLA reads; opted out, neither
+    assert run({}) == "XLA_CONV SCHED"
+    assert run({"JAXDL_XLA_FLAGS": "0"}) == "YNN_CONV"

@@ -12,6 +12,7 @@ from jaxdl.nn.recurrent import (  # noqa: E402
     LSTMCell,
     StackedRNN,
     flip_sequences,
+    lstm_layer,
 )
 
 __all__ += [
@@ -22,6 +23,7 @@ __all__ += [
     "RNN",
     "StackedRNN",
     "flip_sequences",
+    "lstm_layer",
 ]
 
 from jaxdl.nn import initializers  # noqa: E402

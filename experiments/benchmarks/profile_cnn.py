@@ -13,7 +13,15 @@ changed, so the difference between two rows is what that change buys:
   gradient, the kernel gradient as the patches matmul;
 - ``pool_vjp``: lax convolutions with MnistCNN's training pool (four-slice forward, one-pass
   backward); ``pool_vjp+matmul_dw0``: plus the patches kernel gradient on the first layer only;
-- ``mnistcnn``: both layers: what :class:`jaxdl.models.MnistCNN` runs in training.
+- ``pool_vjp+matmul_dw``: both layers (what ``MnistCNN`` ran before the lowerings below);
+- ``direct0``: plus the first layer's forward pass as 9 broadcast multiply-adds
+  (``patches_conv(forward="direct")``); ``rows_dw1``: instead, the second layer's kernel gradient
+  from the row-offset gather (``kernel_grad="rows"``);
+- ``mnistcnn``: both of these: what :class:`jaxdl.models.MnistCNN` runs in training.
+
+Every step is compiled as :func:`jaxdl.train.make_train_step` compiles its own (with
+:func:`jaxdl.xla_flags.train_step_compiler_options`), after ``import jaxdl`` has set its
+process-wide XLA:CPU flag; ``JAXDL_XLA_FLAGS=0`` times them without either.
 
 For each variant: the full train step (forward, backward, Adam), and for each conv layer alone the
 forward and the forward+backward. Variants are timed interleaved, round after round, so a change
@@ -38,7 +46,7 @@ import optax
 from jax import lax
 
 from experiments.common import parse_config, save_json
-from jaxdl import losses, models
+from jaxdl import losses, models, xla_flags
 from jaxdl.models import cnn as cnn_module
 from jaxdl.nn.conv import _conv_patches_slices, patches_conv
 from jaxdl.nn.pooling import max_pool
@@ -77,6 +85,14 @@ def _lax_fwd_matmul_dw(x, k):
     return patches_conv(x, k, forward="lax")
 
 
+def _direct(x, k):
+    return patches_conv(x, k, forward="direct")
+
+
+def _lax_fwd_rows_dw(x, k):
+    return patches_conv(x, k, forward="lax", kernel_grad="rows")
+
+
 # name -> (first conv, second conv, pool)
 VARIANTS: dict[str, tuple[Callable, Callable, Callable]] = {
     "flax": (_lax_conv, _lax_conv, _flax_pool),
@@ -86,7 +102,10 @@ VARIANTS: dict[str, tuple[Callable, Callable, Callable]] = {
     "lax_fwd_matmul_dw": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, max_pool),
     "pool_vjp": (_lax_conv, _lax_conv, cnn_module._pool_train),
     "pool_vjp+matmul_dw0": (_lax_fwd_matmul_dw, _lax_conv, cnn_module._pool_train),
-    "mnistcnn": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, cnn_module._pool_train),
+    "pool_vjp+matmul_dw": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, cnn_module._pool_train),
+    "direct0": (_direct, _lax_fwd_matmul_dw, cnn_module._pool_train),
+    "rows_dw1": (_lax_fwd_matmul_dw, _lax_fwd_rows_dw, cnn_module._pool_train),
+    "mnistcnn": (_direct, _lax_fwd_rows_dw, cnn_module._pool_train),
 }
 
 
@@ -110,7 +129,10 @@ def make_step(convs, pool, tx):
         updates, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    # compiled as jaxdl.train.make_train_step compiles the real step
+    return jax.jit(
+        step, donate_argnums=(0, 1), compiler_options=xla_flags.train_step_compiler_options()
+    )
 
 
 def _time(fn: Callable[[], object], steps: int) -> tuple[float, float]:

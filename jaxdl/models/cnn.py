@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 from jax import lax
 
+from jaxdl.nn.bias import bias_add
 from jaxdl.nn.conv import conv_general_dilated
 
 # Keras's defaults for Conv2D and Dense: Glorot-uniform kernels, zero biases.
@@ -79,6 +82,27 @@ _pool = _pool_with_fast_backward(_pool_window)  # inference
 _pool_train = _pool_with_fast_backward(_pool_slices)  # training: same function, faster there
 
 
+class _Conv3x3(nn.Module):
+    """``flax.linen.Conv(features, (3, 3), padding="VALID")`` with the same parameters (``kernel
+    (3, 3, C, F)`` Glorot-uniform, ``bias (F,)`` zeros), run by ``lowering`` (a
+    ``conv_general_dilated``), and the bias added by :func:`jaxdl.nn.bias_add` so that its
+    gradient is a GEMV rather than XLA:CPU's slow column sum."""
+
+    features: int
+    lowering: Callable[..., jax.Array]
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (3, 3, x.shape[-1], self.features)
+        kernel = self.param("kernel", _kernel_init, shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = self.lowering(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return bias_add(y, bias)
+
+
 class MnistCNN(nn.Module):
     """The course's Keras MNIST CNN, layer for layer.
 
@@ -122,22 +146,17 @@ class MnistCNN(nn.Module):
             raise ValueError(
                 f"MnistCNN: x must have shape (N, 28, 28, 1) (NHWC grayscale), got {tuple(x.shape)}"
             )
-        conv = lambda f, lowering: nn.Conv(  # noqa: E731
-            f,
-            (3, 3),
-            padding="VALID",
-            kernel_init=_kernel_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            conv_general_dilated=lowering,
+        conv = lambda f, lowering, name: _Conv3x3(  # noqa: E731
+            f, lowering, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )
         dense = lambda f: nn.Dense(  # noqa: E731
             f, kernel_init=_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype
         )
         # the same functions in both modes; each lowering is the faster one in its mode
         pool = _pool_train if train else _pool
-        x = pool(nn.relu(conv(32, _conv_first_train if train else _conv)(x)))  # (N, 13, 13, 32)
-        x = pool(nn.relu(conv(64, _conv)(x)))  # (N, 5, 5, 64)
+        conv0 = conv(32, _conv_first_train if train else _conv, "Conv_0")
+        x = pool(nn.relu(conv0(x)))  # (N, 13, 13, 32)
+        x = pool(nn.relu(conv(64, _conv, "Conv_1")(x)))  # (N, 5, 5, 64)
         x = x.reshape(x.shape[0], -1)  # (N, 1600)
         x = nn.relu(dense(128)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -112,6 +112,7 @@ class Forecaster(fnn.Module):
     return_sequences: bool = False
     unroll: int = 1
     hoist_inputs: bool | None = None  # see jaxdl.nn.RNN
+    batch_splits: int | None = None  # see jaxdl.nn.RNN (LSTM only)
     dtype: Any = None  # computation dtype (mixed precision); parameters stay in param_dtype
     param_dtype: Any = jnp.float32
 
@@ -124,7 +125,13 @@ class Forecaster(fnn.Module):
             )
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         cell = make_cell(self.cell, self.hidden, **dtypes)
-        rnn = nn.RNN(cell, unroll=self.unroll, hoist_inputs=self.hoist_inputs, name="rnn")
+        rnn = nn.RNN(
+            cell,
+            unroll=self.unroll,
+            hoist_inputs=self.hoist_inputs,
+            batch_splits=self.batch_splits,
+            name="rnn",
+        )
         carry, ys = rnn(x, return_carry=True)  # (B, T, H)
         h = ys if self.return_sequences else final_hidden(carry)  # (B, T, H) or (B, H)
         return fnn.Dense(self.out_features, **dtypes, name="head")(h)

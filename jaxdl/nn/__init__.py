@@ -1,8 +1,9 @@
 """Layers and cells."""
 
+from jaxdl.nn.bias import bias_add, column_sum
 from jaxdl.nn.pooling import max_pool
 
-__all__ = ["max_pool"]
+__all__ = ["bias_add", "column_sum", "max_pool"]
 
 from jaxdl.nn.recurrent import (  # noqa: E402
     RNN,

@@ -469,11 +469,17 @@ class RNN(nn.Module):
     ``hoist_inputs`` chooses where the input projection happens: ``True`` computes ``x W_i + b``
     for all steps as one ``(T*B, in) @ (in, G)`` matmul before the scan (the cuDNN strategy; best
     on GPU/TPU, where the per-step matmuls are launch-bound); ``False`` does it inside the loop
-    step by step. ``None`` (default) hoists except on CPU, where we measured the hoisted form
+    step by step. ``None`` (default) hoists, except on CPU for cells differentiated by JAX's
+    autodiff (Elman, GRU, and an LSTM with ``seq_lengths``), where we measured the hoisted form
     1.1x to 2x slower for the course's ``LSTM(64)`` train step: XLA:CPU reads the ``(T, B, 4H)``
     buffer through a dynamic slice fused into the gate arithmetic, which costs more than the
     small ``(B, in) @ (in, 4H)`` matmul it saves (docs/experiments/lstm_step.md). Both forms
     compute the same function.
+
+    An :class:`LSTMCell` without ``seq_lengths`` runs as :func:`lstm_layer` (its own backward
+    pass; hoisted by default, measured faster that way on CPU too), with the batch in
+    ``batch_splits`` independent scans (``None``: 4 on CPU when each gets at least 16 rows,
+    else 1).
     """
 
     cell: nn.Module
@@ -540,9 +546,6 @@ class RNN(nn.Module):
         params = cell.weights(x.shape[-1])
         if cell.dtype is not None:
             x = x.astype(cell.dtype)
-        hoist = self.hoist_inputs
-        if hoist is None:
-            hoist = jax.default_backend() != "cpu"
         # the zero carry is made in param_dtype; the scan needs it in the computation dtype
         dtype = jnp.result_type(x.dtype, params["w_h"].dtype)
         carry = jax.tree_util.tree_map(lambda c: c.astype(dtype), carry)
@@ -551,9 +554,16 @@ class RNN(nn.Module):
             splits = self.batch_splits
             if splits is None:
                 splits = _default_batch_splits(x.shape[1])
+            # hoisted by default on every backend here: with lstm_layer's backward the hoisted
+            # form measured 1.06x faster on CPU too (docs/performance.md)
+            hoist = True if self.hoist_inputs is None else self.hoist_inputs
             return lstm_layer(
                 params, carry, x, hoist=hoist, unroll=self.unroll, batch_splits=splits
             )
+
+        hoist = self.hoist_inputs
+        if hoist is None:
+            hoist = jax.default_backend() != "cpu"
 
         if hoist:
             xs = cell.project(params, x)  # (T, B, G): every step's input half in one matmul

@@ -17,7 +17,9 @@ changed, so the difference between two rows is what that change buys:
 - ``direct0``: plus the first layer's forward pass as 9 broadcast multiply-adds
   (``patches_conv(forward="direct")``); ``rows_dw1``: instead, the second layer's kernel gradient
   from the row-offset gather (``kernel_grad="rows"``);
-- ``mnistcnn``: both of these: what :class:`jaxdl.models.MnistCNN` runs in training.
+- ``direct0+rows_dw1``: both of these;
+- ``mnistcnn``: plus the conv biases added by :func:`jaxdl.nn.bias_add` (their gradient as a
+  GEMV): what :class:`jaxdl.models.MnistCNN` runs in training.
 
 Every step is compiled as :func:`jaxdl.train.make_train_step` compiles its own (with
 :func:`jaxdl.xla_flags.train_step_compiler_options`), after ``import jaxdl`` has set its
@@ -47,6 +49,7 @@ from jax import lax
 
 from experiments.common import parse_config, save_json
 from jaxdl import losses, models, xla_flags
+from jaxdl import nn as jaxdl_nn
 from jaxdl.models import cnn as cnn_module
 from jaxdl.nn.conv import _conv_patches_slices, patches_conv
 from jaxdl.nn.pooling import max_pool
@@ -105,15 +108,22 @@ VARIANTS: dict[str, tuple[Callable, Callable, Callable]] = {
     "pool_vjp+matmul_dw": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, cnn_module._pool_train),
     "direct0": (_direct, _lax_fwd_matmul_dw, cnn_module._pool_train),
     "rows_dw1": (_lax_fwd_matmul_dw, _lax_fwd_rows_dw, cnn_module._pool_train),
-    "mnistcnn": (_direct, _lax_fwd_rows_dw, cnn_module._pool_train),
+    "direct0+rows_dw1": (_direct, _lax_fwd_rows_dw, cnn_module._pool_train),
+    "mnistcnn": (_direct, _lax_fwd_rows_dw, cnn_module._pool_train),  # + bias_add (below)
 }
+# variants whose conv biases go through jaxdl.nn.bias_add (gradient as a GEMV)
+GEMV_BIAS = ("mnistcnn",)
 
 
-def cnn_apply(convs, pool, params, x, dropout_key):
-    """The MnistCNN forward pass (training mode) with the given conv and pool lowerings."""
+def _plain_bias(y, b):
+    return y + b.reshape(1, 1, 1, -1)
+
+
+def cnn_apply(convs, pool, params, x, dropout_key, bias=_plain_bias):
+    """The MnistCNN forward pass (training mode) with the given conv, pool and bias lowerings."""
     for name, conv in zip(("Conv_0", "Conv_1"), convs, strict=True):
         q = params[name]
-        x = pool(jax.nn.relu(conv(x, q["kernel"]) + q["bias"].reshape(1, 1, 1, -1)))
+        x = pool(jax.nn.relu(bias(conv(x, q["kernel"]), q["bias"])))
     x = x.reshape(x.shape[0], -1)  # (N, 1600)
     x = jax.nn.relu(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"][None])
     keep = jax.random.bernoulli(dropout_key, 0.5, x.shape)
@@ -121,10 +131,10 @@ def cnn_apply(convs, pool, params, x, dropout_key):
     return x @ params["Dense_1"]["kernel"] + params["Dense_1"]["bias"][None]
 
 
-def make_step(convs, pool, tx):
+def make_step(convs, pool, tx, bias=_plain_bias):
     def step(params, opt_state, x, y, key):
         loss, g = jax.value_and_grad(
-            lambda p: losses.cross_entropy(cnn_apply(convs, pool, p, x, key), y)
+            lambda p: losses.cross_entropy(cnn_apply(convs, pool, p, x, key, bias), y)
         )(params)
         updates, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -162,7 +172,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     for name, (conv0, conv1, pool) in VARIANTS.items():
         if config.variants and name not in config.variants:
             continue
-        step = make_step((conv0, conv1), pool, tx)
+        bias = jaxdl_nn.bias_add if name in GEMV_BIAS else _plain_bias
+        step = make_step((conv0, conv1), pool, tx, bias)
         state = {"p": jax.tree.map(jnp.copy, params0), "o": tx.init(params0)}
 
         def run_step(step=step, state=state):
@@ -170,7 +181,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
             return loss
 
         jobs[f"{name}/train_step"] = run_step
-        if not config.pieces or conv0 is not conv1 or name in ("flax", "pool_vjp", "mnistcnn"):
+        if not config.pieces or conv0 is not conv1 or name in ("flax", "pool_vjp"):
             continue  # the conv pieces depend only on the conv lowering: time each once
         conv = conv0
         for layer, (xin, k) in {"conv0": (x, k0), "conv1": (x1, k1)}.items():

@@ -15,9 +15,9 @@ changed, so the difference between two rows is what that change buys:
   backward); ``pool_vjp+matmul_dw0``: plus the patches kernel gradient on the first layer only;
 - ``pool_vjp+matmul_dw``: both layers (what ``MnistCNN`` ran before the lowerings below);
 - ``direct0``: plus the first layer's forward pass as 9 broadcast multiply-adds
-  (``patches_conv(forward="direct")``); ``rows_dw1``: instead, the second layer's kernel gradient
-  from the row-offset gather (``kernel_grad="rows"``);
-- ``direct0+rows_dw1``: both of these;
+  (``patches_conv(forward="direct")``);
+- ``direct0+lax1``: and the second layer back to lax's convolution with its own gradients (the
+  faster choice once jaxdl's XLA:CPU settings apply);
 - ``mnistcnn``: plus the conv biases added by :func:`jaxdl.nn.bias_add` (their gradient as a
   GEMV): what :class:`jaxdl.models.MnistCNN` runs in training.
 
@@ -92,10 +92,6 @@ def _direct(x, k):
     return patches_conv(x, k, forward="direct")
 
 
-def _lax_fwd_rows_dw(x, k):
-    return patches_conv(x, k, forward="lax", kernel_grad="rows")
-
-
 # name -> (first conv, second conv, pool)
 VARIANTS: dict[str, tuple[Callable, Callable, Callable]] = {
     "flax": (_lax_conv, _lax_conv, _flax_pool),
@@ -107,9 +103,8 @@ VARIANTS: dict[str, tuple[Callable, Callable, Callable]] = {
     "pool_vjp+matmul_dw0": (_lax_fwd_matmul_dw, _lax_conv, cnn_module._pool_train),
     "pool_vjp+matmul_dw": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, cnn_module._pool_train),
     "direct0": (_direct, _lax_fwd_matmul_dw, cnn_module._pool_train),
-    "rows_dw1": (_lax_fwd_matmul_dw, _lax_fwd_rows_dw, cnn_module._pool_train),
-    "direct0+rows_dw1": (_direct, _lax_fwd_rows_dw, cnn_module._pool_train),
-    "mnistcnn": (_direct, _lax_fwd_rows_dw, cnn_module._pool_train),  # + bias_add (below)
+    "direct0+lax1": (_direct, _lax_conv, cnn_module._pool_train),
+    "mnistcnn": (_direct, _lax_conv, cnn_module._pool_train),  # + bias_add (below)
 }
 # variants whose conv biases go through jaxdl.nn.bias_add (gradient as a GEMV)
 GEMV_BIAS = ("mnistcnn",)

@@ -19,12 +19,14 @@ from jaxdl.nn.conv import conv_general_dilated
 _kernel_init = nn.initializers.glorot_uniform()
 
 # Training: the first layer (one input channel) as 9 broadcast multiply-adds that XLA fuses with
-# its bias, ReLU and pool; the second keeps lax's forward convolution and input gradient and takes
-# its kernel gradient as GEMMs over row-offset gathers, where XLA:CPU's own kernel gradient
-# profiled at over half of the train step (jaxdl.nn.conv). Inference keeps lax's convolutions,
-# which are faster there at large batches (docs/performance.md has the measurements).
+# its bias, ReLU and pool, with the kernel gradient as one patch GEMM (jaxdl.nn.conv). Everything
+# else, and inference, is lax's convolution: compiled with jaxdl's train-step options
+# (jaxdl.xla_flags) its forward pass and both gradients were the fastest lowering measured for the
+# second layer (docs/performance.md). A hand-jitted train step should pass
+# compiler_options=jaxdl.xla_flags.train_step_compiler_options() too: without it XLA:CPU's
+# convolution gradients run on one core (41.8 instead of 14.9 ms per step).
 _conv_first_train = functools.partial(conv_general_dilated, forward="direct")
-_conv = functools.partial(conv_general_dilated, forward="lax", kernel_grad="rows")
+_conv = lax.conv_general_dilated
 
 
 def _pool_window(x: jax.Array) -> jax.Array:
@@ -126,6 +128,11 @@ class MnistCNN(nn.Module):
     ``log p_k = z_k - logsumexp(z)`` without ever forming ``exp(z_k)`` alone, so large logits neither
     overflow nor round a probability to 0 and its log to ``-inf``. Apply ``jax.nn.softmax`` to the
     output for probabilities.
+
+    Speed: on CPU the training pass uses the lowerings measured fastest under jaxdl's train-step
+    compiler options (:func:`jaxdl.train.make_train_step` and ``fit`` apply them); a train step
+    jitted by hand should pass ``compiler_options=jaxdl.xla_flags.train_step_compiler_options()``
+    to ``jax.jit`` (see :mod:`jaxdl.xla_flags`).
 
     Attributes:
       num_classes: output width (10 for MNIST).

@@ -41,20 +41,8 @@ input channels (a grayscale image's first layer): the output is built from
 an elementwise loop that XLA fuses with the bias, the activation and a following pool, where a
 GEMM with an inner dimension of 9 is all overhead.
 
-The kernel gradient is a GEMM either way; ``kernel_grad`` says how its left operand is built.
-``"patches"`` gathers the full ``K``-times-larger patch matrix. ``"rows"`` (2-D kernels) gathers
-only the ``k_1`` row offsets side by side,
-:math:`R[b, i, j, (\\delta_1, c)] = x[b, s_1 i + \\delta_1, j, c]`,
-and for each column offset ``\\delta_2`` takes one strided slice of it:
-
-.. math::
-    \\frac{\\partial L}{\\partial W}[:, \\delta_2] = \\sum_{b, i, j}
-    R[b, i, s_2 j + \\delta_2, :]^\\top \\frac{\\partial L}{\\partial Y}[b, i, j, :]
-    \\quad \\in \\mathbb{R}^{(k_1 C) \\times F},
-
-``k_2`` GEMMs over a third of the data movement. :class:`jaxdl.models.MnistCNN` uses
-``forward="direct"`` on its first layer and ``forward="lax", kernel_grad="rows"`` on its second,
-the fastest combination measured (``docs/performance.md``).
+The kernel gradient is the patch GEMM either way. :class:`jaxdl.models.MnistCNN` uses
+``forward="direct"`` on its first layer in training (``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -72,7 +60,6 @@ from jax import lax
 __all__ = ["conv_general_dilated", "conv_patches", "patches_conv"]
 
 FORWARDS = ("patches", "lax", "direct")
-KERNEL_GRADS = ("patches", "rows")
 # forward="direct" unrolls prod(window) * C multiply-adds into the graph: meant for a few channels.
 MAX_DIRECT_TERMS = 64
 
@@ -163,44 +150,19 @@ def _conv_direct(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax
     return y
 
 
-def _kernel_grad_rows(x: jax.Array, g: jax.Array, kernel_shape, strides, precision) -> jax.Array:
-    """The 2-D kernel gradient from the row-offset gather ``R`` (module docstring): ``(kh, kw, C, F)``."""
-    kh, kw, c, f = kernel_shape
-    sh, sw = strides
-    n, ho, wo = g.shape[:3]
-    rows = jnp.concatenate(
-        [x[:, di : di + sh * (ho - 1) + 1 : sh] for di in range(kh)], axis=-1
-    )  # (N, Ho, W, kh * C)
-    # Two batch halves as a batched GEMM: XLA:CPU splits a batched dot across cores, while a
-    # single dot with this small (kh C) x F output ran on about one core's worth of throughput.
-    halves = 2 if n % 2 == 0 else 1
-    g3 = g.reshape(halves, -1, f)  # (halves, M / halves, F)
-    per_column = []
-    for dj in range(kw):
-        r = rows[:, :, dj : dj + sw * (wo - 1) + 1 : sw].reshape(halves, -1, kh * c)
-        dw = jnp.einsum("hmk,hmf->hkf", r, g3, precision=precision).sum(0)  # (kh * C, F)
-        per_column.append(dw.reshape(kh, c, f))
-    return jnp.stack(per_column, axis=1)  # (kh, kw, C, F)
-
-
 def _channels_last_dn(n: int) -> lax.ConvDimensionNumbers:
     lhs = (0, n + 1, *range(1, n + 1))
     return lax.ConvDimensionNumbers(lhs, (n + 1, n, *range(n)), lhs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _patches_conv(
-    x: jax.Array,
-    kernel: jax.Array,
-    strides: tuple[int, ...],
-    precision,
-    forward: str,
-    kernel_grad: str,
+    x: jax.Array, kernel: jax.Array, strides: tuple[int, ...], precision, forward: str
 ) -> jax.Array:
-    return _patches_conv_fwd(x, kernel, strides, precision, forward, kernel_grad)[0]
+    return _patches_conv_fwd(x, kernel, strides, precision, forward)[0]
 
 
-def _patches_conv_fwd(x, kernel, strides, precision, forward, kernel_grad):
+def _patches_conv_fwd(x, kernel, strides, precision, forward):
     if forward == "direct":
         y = _conv_direct(x, kernel, strides)
     elif forward == "lax":
@@ -217,20 +179,16 @@ def _patches_conv_fwd(x, kernel, strides, precision, forward, kernel_grad):
     return y, (x, kernel)
 
 
-def _patches_conv_bwd(strides, precision, forward, kernel_grad, residuals, g):
+def _patches_conv_bwd(strides, precision, forward, residuals, g):
     x, kernel = residuals
     window, f = kernel.shape[:-2], kernel.shape[-1]
     w = kernel.reshape(-1, f)  # (K*C, F)
-    if kernel_grad == "rows" and kernel.ndim == 4:
-        dw = _kernel_grad_rows(x, g, kernel.shape, strides, precision)
-    else:
-        # The patches are recomputed rather than stored: the gather is a cheap fused copy, and
-        # keeping the K-times-larger patch matrix alive from forward to backward costs more
-        # memory traffic.
-        p = conv_patches(x, window, strides)
-        p2 = p.reshape(-1, p.shape[-1])  # (M, K*C), M = N * prod(out)
-        g2 = g.reshape(-1, f)  # (M, F)
-        dw = jnp.matmul(p2.T, g2, precision=precision).reshape(kernel.shape)  # (K*C, F)
+    # The patches are recomputed rather than stored: the gather is a cheap fused copy, and keeping
+    # the K-times-larger patch matrix alive from forward to backward costs more memory traffic.
+    p = conv_patches(x, window, strides)
+    p2 = p.reshape(-1, p.shape[-1])  # (M, K*C), M = N * prod(out)
+    g2 = g.reshape(-1, f)  # (M, F)
+    dw = jnp.matmul(p2.T, g2, precision=precision).reshape(kernel.shape)  # (K*C, F) -> kernel
     if forward in ("lax", "direct"):
         # dL/dx is the "full" correlation of g with the flipped kernel, a forward-type convolution
         # that XLA:CPU runs at the speed of the forward pass (unlike its kernel gradient), and
@@ -276,7 +234,6 @@ def patches_conv(
     padding: Padding = "VALID",
     precision: Any = None,
     forward: str = "patches",
-    kernel_grad: str = "patches",
 ) -> jax.Array:
     """Channels-last convolution as patches and one matmul, with a matmul backward pass.
 
@@ -296,9 +253,6 @@ def patches_conv(
         gradient; ``"direct"`` sums ``prod(window) * C`` broadcast multiply-adds (at most
         64 terms: for layers with one or a few input channels). ``"lax"`` and ``"direct"`` take
         the input gradient from lax's transposed convolution.
-      kernel_grad: how the kernel gradient's GEMM operand is gathered: ``"patches"`` (the full
-        patch matrix) or ``"rows"`` (2-D kernels: the row offsets only, one GEMM per column
-        offset; other ranks use ``"patches"``). See the module docstring.
 
     Returns:
       ``(N, *out, F)`` with ``out = (spatial + low + high - window) // strides + 1``.
@@ -313,17 +267,13 @@ def patches_conv(
     _check_shapes(x, kernel, strides)
     if forward not in FORWARDS:
         raise ValueError(f"patches_conv: forward must be one of {FORWARDS}, got {forward!r}")
-    if kernel_grad not in KERNEL_GRADS:
-        raise ValueError(
-            f"patches_conv: kernel_grad must be one of {KERNEL_GRADS}, got {kernel_grad!r}"
-        )
     terms = int(np.prod(kernel.shape[:-1]))
     if forward == "direct" and terms > MAX_DIRECT_TERMS:
         raise ValueError(
             f"patches_conv: forward='direct' unrolls prod(window) * C multiply-adds and is meant "
             f"for at most {MAX_DIRECT_TERMS}; kernel {kernel.shape} needs {terms}: use 'lax'"
         )
-    return _patches_conv(x, kernel, strides, precision, forward, kernel_grad)
+    return _patches_conv(x, kernel, strides, precision, forward)
 
 
 def _is_channels_last(dimension_numbers, lhs_shape, rhs_shape) -> bool:
@@ -352,7 +302,6 @@ def conv_general_dilated(
     preferred_element_type: Any = None,
     *,
     forward: str = "patches",
-    kernel_grad: str = "patches",
 ) -> jax.Array:
     """Drop-in for :func:`jax.lax.conv_general_dilated` that takes :func:`patches_conv` when it can.
 
@@ -360,8 +309,7 @@ def conv_general_dilated(
     ``rhs`` ``(*window, C, F)``), no input or kernel dilation, one feature and batch group and the
     default result type; everything else is forwarded unchanged to ``lax.conv_general_dilated``.
     Use it as ``flax.linen.Conv(..., conv_general_dilated=jaxdl.nn.conv_general_dilated)``;
-    ``forward`` and ``kernel_grad`` are passed to :func:`patches_conv` (bind them with
-    ``functools.partial``).
+    ``forward`` is passed to :func:`patches_conv` (bind it with ``functools.partial``).
     """
     n = lhs.ndim - 2
     unit = lambda d: d is None or all(int(v) == 1 for v in d)  # noqa: E731
@@ -375,7 +323,7 @@ def conv_general_dilated(
         and preferred_element_type is None
         and _is_channels_last(dimension_numbers, lhs.shape, rhs.shape)
     ):
-        return patches_conv(lhs, rhs, window_strides, padding, precision, forward, kernel_grad)
+        return patches_conv(lhs, rhs, window_strides, padding, precision, forward)
     return lax.conv_general_dilated(
         lhs,
         rhs,

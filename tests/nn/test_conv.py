@@ -28,8 +28,6 @@ CASES = [
 ]
 IDS = ["mnist_conv0", "mnist_conv1", "same_strided", "explicit_pads", "conv1d", "conv3d"]
 FORWARDS = ["patches", "lax", "direct"]
-# every (forward, kernel_grad) pair; "direct" only where prod(window) * C is small enough for it
-LOWERINGS = [pytest.param(f, g, id=f"{f}-{g}") for f in FORWARDS for g in ("patches", "rows")]
 
 
 def _supports(forward, ks) -> bool:
@@ -56,9 +54,9 @@ def _reference(x, k, strides, padding):
     )
 
 
-@pytest.mark.parametrize("forward,kernel_grad", LOWERINGS)
+@pytest.mark.parametrize("forward", FORWARDS)
 @pytest.mark.parametrize("xs,ks,strides,padding", CASES, ids=IDS)
-def test_forward_and_gradients_equal_lax(xs, ks, strides, padding, forward, kernel_grad):
+def test_forward_and_gradients_equal_lax(xs, ks, strides, padding, forward):
     if not _supports(forward, ks):
         with pytest.raises(ValueError, match="direct"):  # refused with a clear error instead
             patches_conv(*_inputs(xs, ks), forward=forward)
@@ -70,7 +68,6 @@ def test_forward_and_gradients_equal_lax(xs, ks, strides, padding, forward, kern
         padding=padding,
         precision=HI,
         forward=forward,
-        kernel_grad=kernel_grad,
     )
     ref = functools.partial(_reference, strides=strides, padding=padding)
     y = ours(x, k)
@@ -95,8 +92,8 @@ def test_patches_are_the_im2col_of_the_definition():
     np.testing.assert_array_equal(np.asarray(_conv_patches_slices(x, (3, 2), (2, 1))), p)
 
 
-@pytest.mark.parametrize("forward,kernel_grad", LOWERINGS)
-def test_gradients_match_finite_differences(forward, kernel_grad):
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_gradients_match_finite_differences(forward):
     x, k = _inputs((2, 6, 5, 2), (3, 3, 2, 3))
     f = functools.partial(
         patches_conv,
@@ -104,7 +101,6 @@ def test_gradients_match_finite_differences(forward, kernel_grad):
         padding="SAME",
         precision=HI,
         forward=forward,
-        kernel_grad=kernel_grad,
     )
     # custom_vjp defines reverse mode only; float32 central differences need a loose tolerance
     check_grads(f, (x, k), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
@@ -126,10 +122,10 @@ class TestTransforms(chex.TestCase):
         chex.assert_trees_all_close((value, grad), (ref_value, ref_grad), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("forward,kernel_grad", LOWERINGS)
-def test_vmap_over_an_extra_axis_equals_a_loop(forward, kernel_grad):
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_vmap_over_an_extra_axis_equals_a_loop(forward):
     xs, ks = _inputs((4, 2, 9, 9, 3), (4, 3, 3, 3, 5))  # 4 independent (x, kernel) problems
-    conv = functools.partial(patches_conv, precision=HI, forward=forward, kernel_grad=kernel_grad)
+    conv = functools.partial(patches_conv, precision=HI, forward=forward)
 
     def loss(x, k):
         return jnp.sum(conv(x, k, padding="SAME") ** 2)
@@ -145,8 +141,8 @@ def test_vmap_over_an_extra_axis_equals_a_loop(forward, kernel_grad):
     )
 
 
-@pytest.mark.parametrize("forward,kernel_grad", LOWERINGS)
-def test_second_order_reverse_over_reverse_equals_lax(forward, kernel_grad):
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_second_order_reverse_over_reverse_equals_lax(forward):
     x, k = _inputs((2, 8, 8, 3), (3, 3, 3, 4))
 
     def grad_norm(conv):
@@ -156,9 +152,7 @@ def test_second_order_reverse_over_reverse_equals_lax(forward, kernel_grad):
 
         return jax.grad(lambda k: jnp.sum(jax.grad(inner)(x, k) ** 2))(k)
 
-    ours = grad_norm(
-        lambda x, k: patches_conv(x, k, precision=HI, forward=forward, kernel_grad=kernel_grad)
-    )
+    ours = grad_norm(lambda x, k: patches_conv(x, k, precision=HI, forward=forward))
     ref = grad_norm(lambda x, k: _reference(x, k, (1, 1), "VALID"))
     chex.assert_trees_all_close(ours, ref, rtol=1e-4, atol=1e-4)
 
@@ -220,8 +214,6 @@ def test_bad_inputs_raise_naming_the_argument():
         patches_conv(x, k, strides=(0, 1))
     with pytest.raises(ValueError, match="forward"):
         patches_conv(x, k, forward="fast")
-    with pytest.raises(ValueError, match="kernel_grad"):
-        patches_conv(x, k, kernel_grad="cols")
     wide = jnp.zeros((3, 3, 8, 4))  # 72 multiply-adds per output: more than "direct" unrolls
     with pytest.raises(ValueError, match="forward='direct'.*72"):
         patches_conv(jnp.zeros((2, 8, 8, 8)), wide, forward="direct")

@@ -2,8 +2,8 @@
 
 Subpackages: :mod:`jaxdl.nn` (layers and cells), :mod:`jaxdl.models`, :mod:`jaxdl.optim`
 (optimizers as optax transforms), :mod:`jaxdl.losses`, :mod:`jaxdl.data`, :mod:`jaxdl.train`.
-Importing jaxdl adds two XLA:CPU scheduling flags to ``XLA_FLAGS`` (:mod:`jaxdl.xla_flags`;
-``JAXDL_XLA_FLAGS=0`` opts out).
+Importing jaxdl adds an XLA:CPU scheduling flag to ``XLA_FLAGS`` (:mod:`jaxdl.xla_flags`, which
+also holds the compiler option jaxdl's train steps use; ``JAXDL_XLA_FLAGS=0`` opts out of both).
 """
 
 # First, before anything can start JAX's backend: XLA reads XLA_FLAGS only then.

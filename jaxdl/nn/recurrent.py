@@ -167,6 +167,18 @@ class ElmanCell(_FusedCell):
         return h, h
 
 
+def _lstm_update(z: Array, c: Array) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
+    """One LSTM state update from the pre-activations ``z (B, 4H)`` (gates i, f, g, o) and
+    ``c_{t-1}``: ``((c_t, h_t), (i, f, g, o))``, the gate activations for a backward pass."""
+    H = z.shape[-1] // 4
+    i = jax.nn.sigmoid(z[..., :H])
+    f = jax.nn.sigmoid(z[..., H : 2 * H])
+    g = jnp.tanh(z[..., 2 * H : 3 * H])
+    o = jax.nn.sigmoid(z[..., 3 * H :])
+    c = f * c + i * g
+    return (c, o * jnp.tanh(c)), (i, f, g, o)
+
+
 class LSTMCell(_FusedCell):
     """Long short-term memory (Hochreiter & Schmidhuber 1997), forget gate of Gers et al. (2000).
 
@@ -207,9 +219,7 @@ class LSTMCell(_FusedCell):
         """``xp = x_t W_i + b`` precomputed; returns ``((c_t, h_t), h_t)``."""
         c, h = carry
         z = xp + h @ params["w_h"]  # (B, 4H): the one recurrent matmul of the step
-        i, f, g, o = jnp.split(z, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        (c, h), _ = _lstm_update(z, c)
         return (c, h), h
 
 
@@ -271,19 +281,13 @@ class GRUCell(_FusedCell):
 def _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist: bool, unroll: int):
     """The LSTM over ``xs (T, B, in)``: ``((c_T, h_T), hs (T, B, H), acts (T, B, 5H))`` where
     ``acts[t] = [i, f, g, o, c]_t``, the gate activations and cell state the backward pass needs."""
-    H = h0.shape[-1]
     inputs = _add_bias(xs @ w_i, b) if hoist else xs  # (T, B, 4H) or (T, B, in)
 
     def body(carry, x_t):
         c, h = carry
         z = (x_t if hoist else _add_bias(x_t @ w_i, b)) + h @ w_h  # (B, 4H)
-        i = jax.nn.sigmoid(z[:, :H])
-        f = jax.nn.sigmoid(z[:, H : 2 * H])
-        g = jnp.tanh(z[:, 2 * H : 3 * H])
-        o = jax.nn.sigmoid(z[:, 3 * H :])
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
-        return (c, h), (h, jnp.concatenate([i, f, g, o, c], axis=-1))
+        (c, h), gates = _lstm_update(z, c)
+        return (c, h), (h, jnp.concatenate([*gates, c], axis=-1))
 
     (c, h), (hs, acts) = jax.lax.scan(body, (c0, h0), inputs, unroll=unroll)
     return (c, h), hs, acts
@@ -369,9 +373,10 @@ def lstm_layer(
     product inside every reverse step (the layout cuDNN's RNN kernels use).
 
     ``batch_splits`` runs the batch as that many independent scans (``B`` must divide): each
-    step's operations on ``B / k`` rows are too small to be worth splitting across threads, and
-    XLA:CPU runs the independent loops on different cores at once. Measured on the course's
-    ``LSTM(64)`` train step (B = 128, T = 100, 2 cores): 4 splits 1.3x faster than one
+    step's operations on ``B / k`` rows are small enough that XLA:CPU runs them on one thread,
+    without the hand-offs between threads that cost the ``B``-row operations more than they
+    gained (a trace shows the loops themselves running one after another). Measured on the
+    course's ``LSTM(64)`` train step (B = 128, T = 100, 2 cores): 4 splits 1.3x faster than one
     (``docs/performance.md``); the default is 1 (:class:`RNN` chooses per backend).
     """
     c0, h0 = carry

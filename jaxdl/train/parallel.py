@@ -13,6 +13,18 @@ Two ways to run the same train step (:func:`jaxdl.train.make_train_step`) on ``D
   its gradient. Results are those of one device on the global batch -- dropout masks included,
   since JAX's partitionable threefry draws the same bits under any sharding -- and BatchNorm
   statistics are global-batch statistics (synchronised) automatically.
+- **shard_map (per-device code on the same runtime).** :func:`make_shard_map_train_step`:
+  ``jax.jit(jax.shard_map(step))``, the state replicated and the batch split as above, but each
+  device runs the single-device step on its own ``B/D`` rows and the step itself averages the
+  gradients (``lax.pmean``) -- pmap's maths without pmap. Each device then runs exactly the
+  program one device would run for a batch of ``B/D``, so layers that pick their lowering from
+  the batch (:class:`jaxdl.nn.RNN`'s batch splits) or carry a hand-written backward pass
+  (:func:`jaxdl.nn.lstm_layer`) keep it; the partitioner of the first path can instead
+  gather whole activations where such a backward pass reshapes across the batch axis.
+  **On a multi-core CPU** this is how jaxdl uses the cores for small recurrent models: with one
+  CPU device per core (``jax.config.update("jax_num_cpu_devices", os.cpu_count())`` before the
+  first computation) the devices' programs run on different cores at once, where one device
+  leaves them mostly idle inside the LSTM's sequential loop (``docs/performance.md``).
 - **pmap (the classic variant).** :func:`make_pmap_train_step`: the state carries a leading
   device axis, the batch is reshaped to ``(D, B/D, ...)``, and the step itself calls
   ``lax.pmean`` on the gradients and ``lax.psum`` on the metric sums over the named axis.
@@ -42,6 +54,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxdl import xla_flags
 from jaxdl.train.state import TrainState
 from jaxdl.train.step import make_train_step
 
@@ -238,6 +251,55 @@ def make_sharded_train_step(
     return jax.jit(
         step, out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,) if donate else ()
     )
+
+
+def make_shard_map_train_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    donate: bool = True,
+    **step_kwargs: Any,
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """Data parallelism with per-device code: :func:`jaxdl.train.make_train_step`'s step (with
+    ``axis_name="data"``) under ``jax.shard_map`` over ``mesh``, jitted.
+
+    Call it as ``step(shard_state(state, mesh), *shard_batch((x, y), mesh))``. Device ``d`` takes
+    rows ``d*B/D ... (d+1)*B/D - 1``, computes the gradient ``g_d`` of its mean loss, and every
+    device applies the optimizer to ``g = (1/D) sum_d g_d`` -- the gradient of the mean over all
+    ``B`` rows, since the shards are of equal size -- so the replicated state stays identical
+    everywhere. Metric sums are ``psum``-ed (the totals over ``B``); BatchNorm statistics are
+    ``pmean``-ed after the step, or synchronised inside it if the norm layers are given
+    ``axis_name="data"``. Dropout keys are folded with the device index, as under :func:`jax.pmap`.
+
+    The varying-type checks of ``shard_map`` are off (``check_vma=False``): the step's own
+    ``pmean`` turns per-device gradients into the global one, as under pmap; with the checks on,
+    JAX would already sum the gradients of the replicated parameters over devices.
+
+    Raises:
+      ValueError: the mesh is not valid (:func:`check_mesh`), or, per call, the batch's rows do
+        not divide over the ``"data"`` axis (:func:`check_batch_size`).
+    """
+    check_mesh(mesh)
+    step = make_train_step(model, optimizer, jit=False, axis_name=DATA_AXIS, **step_kwargs)
+    per_device = jax.shard_map(
+        step,
+        mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
+        out_specs=(P(), P()),
+        check_vma=False,
+    )
+    jitted = jax.jit(
+        per_device,
+        donate_argnums=(0,) if donate else (),
+        compiler_options=xla_flags.train_step_compiler_options(),
+    )
+
+    def train_step(state: TrainState, x: jax.Array, y: jax.Array):
+        check_batch_size(int(np.shape(x)[0]), mesh)
+        return jitted(state, x, y)
+
+    return train_step
 
 
 # ----------------------------------------------------------------------------------------------

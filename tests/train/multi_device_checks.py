@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from jaxdl import optim, train
+from jaxdl import losses, models, optim, train
 from jaxdl.train import parallel
 from tests.train.parallel_cases import TinyNet, data, fit_case
 
@@ -104,6 +104,42 @@ def check_steps() -> dict:
             "count": float(parallel.unreplicate(metrics)["count"]),
         }
 
+    # 3. shard_map: pmap's maths on the sharding runtime; BatchNorm synchronised over "data", and
+    # the LSTM whose hand-written backward pass each device runs on its own 8 rows.
+    sequences = np.random.default_rng(1).normal(size=(64, 12, 3)).astype(np.float32)
+    targets = sequences[:, -3:, 0].mean(axis=1, keepdims=True)
+    cases = {
+        "shard_map_synced_bn": (TinyNet(bn_axis_name="data"), TinyNet(), tx, (x, y), {}),
+        "shard_map_local_bn": (TinyNet(), TinyNet(), tx, (x, y), {}),
+        "shard_map_lstm": (
+            models.Forecaster(hidden=16),
+            models.Forecaster(hidden=16),
+            optim.adam(1e-2),
+            (sequences, targets),
+            {"loss_fn": losses.mse},
+        ),
+    }
+    for name, (model, ref_model, opt, (xs, ys), kwargs) in cases.items():
+        ref_step = train.make_train_step(ref_model, opt, **kwargs)
+        ref_state = fresh_state(ref_model, opt, xs)
+        step = parallel.make_shard_map_train_step(model, opt, mesh, **kwargs)
+        state = parallel.shard_state(fresh_state(model, opt, xs), mesh)
+        for _ in range(STEPS):
+            ref_state, ref_metrics = ref_step(ref_state, xs, ys)
+            state, metrics = step(state, *parallel.shard_batch((xs, ys), mesh))
+        kernel = jax.tree.leaves(state.params)[0]
+        shards = [np.asarray(s.data) for s in kernel.addressable_shards]
+        results[name] = {
+            "params": max_diff(state.params, ref_state.params),
+            "opt_state": max_diff(state.opt_state, ref_state.opt_state),
+            "batch_stats": max_diff(state.batch_stats, ref_state.batch_stats),
+            "loss_sum": abs(float(metrics["loss_sum"]) - float(ref_metrics["loss_sum"])),
+            "count": float(metrics["count"]),
+            "replicas_agree": max(float(np.max(np.abs(a - shards[0]))) for a in shards),
+            "kernel_devices": len(shards),
+            "params_spec": str(kernel.sharding.spec),
+        }
+
     results["errors"] = bad_input(tx, mesh)
     return results
 
@@ -159,6 +195,9 @@ def bad_input(tx, mesh) -> dict:
             jax.sharding.Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "model"))
         ),
         "pmap_split": lambda: parallel.split_batch((x100, y100), 8),
+        "shard_map_batch": lambda: parallel.make_shard_map_train_step(TinyNet(), tx, mesh)(
+            parallel.shard_state(fresh_state(TinyNet(), tx, x100), mesh), x100[:30], y100[:30]
+        ),
     }.items():
         try:
             call()

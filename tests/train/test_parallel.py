@@ -105,6 +105,30 @@ def test_pmap_with_local_batchnorm_differs(steps):
     assert r["replicas_agree"] == 0.0
 
 
+@pytest.mark.parametrize("case", ["shard_map_synced_bn", "shard_map_lstm"])
+def test_shard_map_step_equals_single_device(steps, case):
+    """jit(shard_map) on 8 devices, 8 rows each: the averaged per-device gradients are the global
+    batch's, so three steps end where one device ends (BatchNorm synchronised over "data"; the
+    LSTM through lstm_layer's hand-written backward pass, run per device)."""
+    r = steps[case]
+    assert r["params"] < TOL
+    assert r["opt_state"] < TOL
+    assert r["batch_stats"] < TOL
+    assert r["loss_sum"] < 1e-4
+    assert r["count"] == 64.0  # metric sums are psum-ed over the 8 devices
+    assert r["replicas_agree"] == 0.0  # every device applied the same update
+    assert r["kernel_devices"] == 8
+    assert r["params_spec"] == str(P())
+
+
+def test_shard_map_step_with_local_batchnorm_differs(steps):
+    """Per-device statistics (8 rows each) normalise differently; the running statistics are
+    averaged afterwards so the replicas still agree."""
+    r = steps["shard_map_local_bn"]
+    assert r["params"] > 1e-4
+    assert r["replicas_agree"] == 0.0
+
+
 def test_bad_input_raises_clear_errors(steps):
     e = steps["errors"]
     assert "batch_size=30 is not divisible by the 8 devices" in e["batch_not_divisible"]
@@ -113,6 +137,7 @@ def test_bad_input_raises_clear_errors(steps):
     assert "'data' axis" in e["mesh_without_data_axis"]
     assert "'model': 2" in e["mesh_with_model_axis"]
     assert "not divisible by num_devices=8" in e["pmap_split"]
+    assert "batch_size=30 is not divisible by the 8 devices" in e["shard_map_batch"]
 
 
 @pytest.mark.slow

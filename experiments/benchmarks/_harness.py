@@ -122,8 +122,14 @@ def time_steps(
     }
 
 
-def main(framework: str, build: Callable[..., Any], versions: Callable[[], dict[str, str]]) -> None:
-    """The command line of a benchmark process: ``--workload W --out FILE --config JSON``."""
+def main(
+    framework: str,
+    build: Callable[..., Any],
+    versions: Callable[[], dict[str, str]],
+    configure: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """The command line of a benchmark process: ``--workload W --out FILE --config JSON``.
+    ``configure(cfg)``, if given, runs first (settings that must precede the framework's start)."""
     parser = argparse.ArgumentParser(description=f"{framework} benchmark process")
     parser.add_argument("--workload", required=True, choices=WORKLOADS)
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -137,6 +143,8 @@ def main(framework: str, build: Callable[..., Any], versions: Callable[[], dict[
         "threads": cfg["threads"],
     }
     try:
+        if configure is not None:
+            configure(cfg)
         result["versions"] = versions()
         data = make_data(args.workload, cfg)
         out = build(args.workload, cfg, data)

@@ -1,5 +1,13 @@
 """jaxdl's benchmark process: :class:`jaxdl.models.MnistCNN` and :class:`jaxdl.models.Forecaster`
-trained with :func:`jaxdl.train.make_train_step` (one jit, state donated) and :func:`jaxdl.optim.adam`.
+trained with :func:`jaxdl.optim.adam`, state donated.
+
+On CPU the process gives JAX one CPU device per thread of the harness (``cfg["threads"]``, all
+cores by default) and the LSTM train step runs data-parallel over them with
+:func:`jaxdl.train.parallel.make_shard_map_train_step`: each device takes ``B/D`` rows on its own
+core, where one device leaves the second core mostly idle in the sequential loop. The CNN
+workloads run on one device with :func:`jaxdl.train.make_train_step`: their operations are big
+enough for XLA's threads (per-core devices measured no faster, 7,977 vs 8,302 ex/s). The
+``jaxdl_1dev`` process (:mod:`.bench_jaxdl_1dev`) runs the LSTM step on one device.
 
 Run by :mod:`experiments.benchmarks.run`; alone:
 ``python -m experiments.benchmarks.bench_jaxdl --workload cnn_train --out r.json --config '{...}'``.
@@ -11,6 +19,15 @@ from typing import Any
 
 from experiments.benchmarks._harness import main
 
+DATA_PARALLEL = ("lstm_train",)  # the workloads trained over all devices when there are several
+
+
+def configure(cfg: dict[str, Any], cpu_devices: int | None = None) -> None:
+    """One CPU device per harness thread (or ``cpu_devices``); must precede the backend's start."""
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", cpu_devices or cfg["threads"])
+
 
 def versions() -> dict[str, str]:
     # jaxdl before the first computation: it adds its XLA:CPU flags (jaxdl.xla_flags), which only
@@ -20,7 +37,12 @@ def versions() -> dict[str, str]:
 
     import jaxdl  # noqa: F401
 
-    return {"jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend()}
+    return {
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "backend": jax.default_backend(),
+        "devices": str(len(jax.devices())),
+    }
 
 
 def build(workload: str, cfg: dict[str, Any], data: dict[str, Any]):
@@ -49,8 +71,15 @@ def build(workload: str, cfg: dict[str, Any], data: dict[str, Any]):
             loss_fn = losses.mse
         x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
         opt = optim.adam(lr)
-        holder = {"state": train.create_train_state(model, opt, x, cfg["seed"])}
-        step_fn = make_train_step(model, opt, loss_fn=loss_fn)
+        state = train.create_train_state(model, opt, x, cfg["seed"])
+        if workload in DATA_PARALLEL and len(jax.devices()) > 1:  # one CPU device per core
+            mesh = train.parallel.make_mesh()
+            step_fn = train.parallel.make_shard_map_train_step(model, opt, mesh, loss_fn=loss_fn)
+            state = train.parallel.shard_state(state, mesh)
+            x, y = train.parallel.shard_batch((x, y), mesh)
+        else:
+            step_fn = make_train_step(model, opt, loss_fn=loss_fn)
+        holder = {"state": state}
 
         def step():
             holder["state"], metrics = step_fn(holder["state"], x, y)
@@ -85,4 +114,4 @@ def build(workload: str, cfg: dict[str, Any], data: dict[str, Any]):
 
 
 if __name__ == "__main__":
-    main("jaxdl", build, versions)
+    main("jaxdl", build, versions, configure)

@@ -299,6 +299,7 @@ def make_shard_map_train_step(
         check_batch_size(int(np.shape(x)[0]), mesh)
         return jitted(state, x, y)
 
+    train_step.lower = jitted.lower  # ahead-of-time lowering, as on any jitted function
     return train_step
 
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -208,6 +209,27 @@ def test_state_shardings_keep_step_rng_and_batch_stats_replicated():
     assert sh.step.spec == P() and sh.rng.spec == P()
     assert all(s.spec == P() for s in jax.tree.leaves(sh.batch_stats))
     assert sh.params["Dense_0"]["kernel"].spec == P(None, "data")
+
+
+def test_shard_map_step_on_one_device_is_the_plain_step():
+    """A one-device mesh: the shard_map step computes what make_train_step computes (parameters,
+    momentum, BatchNorm statistics, metric sums), and it lowers ahead of time like a jitted
+    function."""
+    x, y = data(16)
+    model, tx = TinyNet(), optim.momentum(0.1, 0.9)
+    mesh = parallel.make_mesh(1)
+    ref_step = train.make_train_step(model, tx)
+    step = parallel.make_shard_map_train_step(model, tx, mesh)
+    ref = train.create_train_state(model, tx, x[:1], 0)
+    state = parallel.shard_state(train.create_train_state(model, tx, x[:1], 0), mesh)
+    assert isinstance(step.lower(state, x, y), jax.stages.Lowered)
+    for _ in range(2):
+        ref, ref_metrics = ref_step(ref, x, y)
+        state, metrics = step(state, *parallel.shard_batch((x, y), mesh))
+    chex.assert_trees_all_close(state.params, ref.params, atol=1e-6)
+    chex.assert_trees_all_close(state.opt_state, ref.opt_state, atol=1e-6)
+    chex.assert_trees_all_close(state.batch_stats, ref.batch_stats, atol=1e-6)
+    chex.assert_trees_all_close(metrics, ref_metrics, atol=1e-5)
 
 
 def test_single_device_mesh_and_resolution():

@@ -34,12 +34,11 @@ import time
 import numpy as np
 
 from experiments.benchmarks._harness import DESCRIPTIONS, WORKLOADS
+from experiments.benchmarks.bench_jaxdl import DATA_PARALLEL
 from experiments.common import new_figure, parse_config, save_figure, save_json
 
 FRAMEWORKS = ("jaxdl", "jaxdl_1dev", "flax", "torch", "keras")
 TTA_FRAMEWORKS = ("jaxdl", "keras")
-# jaxdl_1dev differs from jaxdl only where jaxdl trains over one CPU device per core
-ONE_DEVICE_WORKLOADS = ("lstm_train",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +179,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         for fw in config.frameworks:
             if wl == "cnn_tta" and fw not in TTA_FRAMEWORKS:
                 continue
-            if fw == "jaxdl_1dev" and wl not in ONE_DEVICE_WORKLOADS:
+            if fw == "jaxdl_1dev" and wl not in DATA_PARALLEL:  # elsewhere it equals jaxdl
                 continue
             r = _run_one(fw, wl, cfg, workdir, config)
             if "skipped" in r:

@@ -1,6 +1,7 @@
-"""Data-parallel and sharded training with JAX's own runtime: ``jit`` + sharding, and ``pmap``.
+"""Data-parallel and sharded training with JAX's own runtime: ``jit`` + sharding, ``shard_map``
+and ``pmap``.
 
-Two ways to run the same train step (:func:`jaxdl.train.make_train_step`) on ``D`` devices:
+Three ways to run the same train step (:func:`jaxdl.train.make_train_step`) on ``D`` devices:
 
 - **Sharding (the main path).** A 1-D device :class:`~jax.sharding.Mesh` with a ``"data"`` axis;
   each batch is placed with ``NamedSharding(mesh, P("data"))`` (device ``d`` holds rows

@@ -52,6 +52,13 @@ def _cast_like(tree: Any, like: Any) -> Any:
     return jax.tree.map(lambda t, l: t.astype(l.dtype), tree, like)
 
 
+def _abs_sq(g: jax.Array) -> jax.Array:
+    """:math:`|g|^2 = g \\bar g`, real for complex ``g`` (optax's convention), ``g * g`` otherwise."""
+    if jnp.iscomplexobj(g):
+        return (g * jnp.conj(g)).real
+    return g * g
+
+
 def _log_decay(decay: ArrayLike) -> ArrayLike:
     """:math:`\\log\\beta`, in double precision when β is a Python number (0 maps to -inf)."""
     v = _checks._concrete(decay)
@@ -221,10 +228,10 @@ def scale_by_rms(
 
     def update_fn(updates, state, params=None):
         del params
-        nu = jax.tree.map(lambda g, n: decay * n + (1 - decay) * g * g, updates, state.nu)
+        nu = jax.tree.map(lambda g, n: decay * n + (1 - decay) * _abs_sq(g), updates, state.nu)
         if centered:
             mu = jax.tree.map(lambda g, m: decay * m + (1 - decay) * g, updates, state.mu)
-            out = jax.tree.map(lambda g, m, n: g / denom(n - m * m), updates, mu, nu)
+            out = jax.tree.map(lambda g, m, n: g / denom(n - _abs_sq(m)), updates, mu, nu)
             new_state = ScaleByCenteredRmsState(
                 mu=_cast_like(mu, state.mu), nu=_cast_like(nu, state.nu)
             )
@@ -313,7 +320,7 @@ def scale_by_adam(
         del params
         count = _increment(state.count)
         mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
-        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * _abs_sq(g), updates, state.nu)
         if bias_correction:
             # Scalar reciprocals: two multiplies per element instead of two divides (the update
             # is compute-bound on CPU); within 1 ulp of dividing.
@@ -439,7 +446,7 @@ def scale_by_radam(
         del params
         count = _increment(state.count)
         mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
-        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * _abs_sq(g), updates, state.nu)
         inv_c1, inv_c2 = 1.0 / _bias_correction(b1, count), 1.0 / _bias_correction(b2, count)
         rho = radam_rho(count, b2)
         rectified = rho > threshold

@@ -208,11 +208,13 @@ def make_eval_step(
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
     """Build ``eval_step(state, x, y, mask) -> metric sums`` (inference mode: no dropout, running
     BatchNorm statistics). ``mask`` (``(N,)`` of 0/1) lets a padded final batch reuse the compiled
-    shape; padded rows count for nothing."""
+    shape; padded rows count for nothing. ``state`` may also be a variables dict; only the
+    variables reach the compiled function, so states with different optimizers share it."""
     loss_fn = loss_fn or losses.cross_entropy
 
-    def eval_step(state: TrainState, x: Any, y: jax.Array, mask: jax.Array):
-        outputs = cast_outputs(apply_model(model, _variables(state), x, False))
+    @jax.jit
+    def on_variables(variables: dict, x: Any, y: jax.Array, mask: jax.Array):
+        outputs = cast_outputs(apply_model(model, variables, x, False))
         metrics = {
             "loss_sum": jnp.sum(_per_example(loss_fn, outputs, y) * mask),
             "count": jnp.sum(mask),
@@ -222,4 +224,9 @@ def make_eval_step(
             metrics["correct"] = jnp.sum(correct * mask)
         return metrics
 
-    return jax.jit(eval_step)
+    def eval_step(state: TrainState | dict, x: Any, y: jax.Array, mask: jax.Array):
+        variables = _variables(state) if isinstance(state, TrainState) else state
+        return on_variables(variables, x, y, mask)
+
+    eval_step._cache_size = on_variables._cache_size
+    return eval_step

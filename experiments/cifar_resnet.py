@@ -31,7 +31,7 @@ import numpy as np
 
 from experiments.common import new_figure, parse_config, save_figure, save_json
 from jaxdl import data, models, optim, train
-from jaxdl.train import parallel, precision
+from jaxdl.train import parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,10 +125,9 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
         "examples_per_second": float(per_epoch / np.median(steady)) if len(steady) else None,
         "first_epoch_seconds": timer.times[0],
     }
-    scaling = precision.current_loss_scale(history.state.opt_state)
-    if scaling is not None:
-        metrics["loss_scale"] = float(scaling.scale)
-        metrics["skipped_steps"] = int(scaling.skipped)
+    if "loss_scale" in history.history:  # float16: where the loss scale ended, steps it skipped
+        metrics["loss_scale"] = history.history["loss_scale"][-1]
+        metrics["skipped_steps"] = int(history.history["skipped_steps"][-1])
     if jax.process_index() == 0:
         save_json(metrics, os.path.join(workdir, "metrics.json"))
         fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(10, 4))

@@ -34,7 +34,7 @@ import jax
 
 from experiments.common import new_figure, parse_config, save_figure, save_json
 from jaxdl import data, models, train
-from jaxdl.train import parallel, precision
+from jaxdl.train import parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,7 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
         train.EarlyStopping(patience=config.early_stopping_patience, restore_best_weights=True),
         train.ModelCheckpoint(save_best_only=True),
         train.ReduceLROnPlateau(factor=config.reduce_lr_factor, patience=config.reduce_lr_patience),
+        train.TensorBoard(),  # <workdir>/tensorboard: `tensorboard --logdir <workdir>/tensorboard`
     ]
     start = time.perf_counter()
     history = train.fit(
@@ -118,12 +119,9 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
         "train_seconds": train_seconds,
         "devices": len(jax.tree.leaves(history.state.params)[0].sharding.device_set),
     }
-    scaling = precision.current_loss_scale(history.state.opt_state)
-    if (
-        scaling is not None
-    ):  # float16: where the dynamic loss scale ended, how many steps it skipped
-        metrics["loss_scale"] = float(scaling.scale)
-        metrics["skipped_steps"] = int(scaling.skipped)
+    if "loss_scale" in history.history:  # float16: where the loss scale ended, steps it skipped
+        metrics["loss_scale"] = history.history["loss_scale"][-1]
+        metrics["skipped_steps"] = int(history.history["skipped_steps"][-1])
     save_json(metrics, os.path.join(workdir, "metrics.json"))
     plot_curves(history.history, os.path.join(workdir, "curves.png"))
     if verbose:

@@ -504,6 +504,9 @@ def fit(
         if lr is not None:
             logs["lr"] = lr
         logs["lr_scale"] = ctx.lr_scale
+        if run.optimizer.loss_scaled:  # float16: where the dynamic loss scale is, what it skipped
+            scaling = mixed.current_loss_scale(ctx.state.opt_state)
+            logs["loss_scale"], logs["skipped_steps"] = float(scaling.scale), int(scaling.skipped)
         for cb in callbacks:
             cb.on_epoch_end(epoch, logs, ctx)
         history.append(epoch, logs)

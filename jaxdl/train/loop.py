@@ -223,6 +223,7 @@ def _setup(
     precision,
     steps_per_epoch,
     workers,
+    parallel_step,
 ) -> _Run:
     """Check the inputs once, then build the model, optimizer, state, steps and batches."""
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -307,9 +308,14 @@ def _setup(
     else:
         shardings = parallel.state_shardings(state, mesh, shard_params)
         state = parallel.put_global(state, shardings)
-        train_step = parallel.make_sharded_train_step(
-            model, run_opt.tx, mesh, shardings, **step_kwargs
-        )
+        has_stats = bool(jax.tree.leaves(state.batch_stats))
+        kind = _choose_parallel_step(parallel_step, model, mesh, shard_params, has_stats, x_sample)
+        if kind == "shard_map":
+            train_step = parallel.make_shard_map_train_step(model, run_opt.tx, mesh, **step_kwargs)
+        else:
+            train_step = parallel.make_sharded_train_step(
+                model, run_opt.tx, mesh, shardings, **step_kwargs
+            )
     return _Run(
         model=model,
         optimizer=run_opt,
@@ -322,6 +328,47 @@ def _setup(
         steps=steps,
         validation=validation,
     )
+
+
+PARALLEL_STEPS = ("auto", "sharding", "shard_map")
+
+
+def _recurrent(model: nn.Module, x_sample: Any) -> bool:
+    """Whether ``model`` runs a recurrent layer (:class:`jaxdl.nn.RNN` or flax's ``nn.RNN``)."""
+    from jaxdl.nn.recurrent import RNN
+
+    found = []
+
+    def spy(next_fun, args, kwargs, context):
+        if isinstance(context.module, RNN | nn.RNN):
+            found.append(True)
+        return next_fun(*args, **kwargs)
+
+    def init(x):
+        with nn.intercept_methods(spy):
+            return create_train_state(model, optax.identity(), x, 0)
+
+    jax.eval_shape(init, x_sample)
+    return bool(found)
+
+
+def _choose_parallel_step(choice, model, mesh, shard_params, has_batch_stats, x_sample) -> str:
+    """``"auto"``: the per-device step (:func:`jaxdl.train.parallel.make_shard_map_train_step`)
+    on CPU for a model with recurrent layers and no BatchNorm, with replicated parameters -- where
+    it was measured 1.5x faster than the partitioned step (``docs/performance.md``, one CPU device
+    per core: the devices' sequential loops run on different cores); the partitioned step
+    otherwise. Both give the single-device result up to float32 rounding, except that dropout
+    masks differ per device under the per-device step."""
+    if choice not in PARALLEL_STEPS:
+        raise ValueError(f"parallel_step must be one of {PARALLEL_STEPS}, got {choice!r}")
+    if choice == "shard_map" and shard_params:
+        raise ValueError("parallel_step='shard_map' keeps parameters replicated: no shard_params")
+    if choice != "auto":
+        return choice
+    cpu = mesh.devices.flat[0].platform == "cpu"
+    if cpu and not shard_params and not has_batch_stats and _recurrent(model, x_sample):
+        return "shard_map"
+    return "sharding"
 
 
 def _chain_first(first, rest):
@@ -419,6 +466,7 @@ def fit(
     precision: str | mixed.Policy = "float32",
     steps_per_epoch: int | None = None,
     workers: int = 0,
+    parallel_step: str = "auto",
 ) -> History:
     """Train ``model`` for ``epochs`` epochs, Keras-style; return the :class:`History`.
 
@@ -459,6 +507,9 @@ def fit(
         over the mesh's ``"data"`` axis, the state replicated. With neither, every device is used
         when there are several and ``batch_size`` divides among them.
       shard_params: with a mesh, split parameters and optimizer state over the devices (FSDP).
+      parallel_step: with a mesh, ``"sharding"`` (one program for the global batch, partitioned
+        by XLA), ``"shard_map"`` (each device runs the one-device step on its rows) or
+        ``"auto"``, which picks the measured faster one (:func:`_choose_parallel_step`).
       precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (:mod:`jaxdl.train.precision`).
       steps_per_epoch: with an iterable of batches, read it as one stream, this many per epoch.
       workers: worker processes for a random-access source (grain); 0 reads in this process.
@@ -476,7 +527,7 @@ def fit(
         loss_fn=loss_fn, class_weight=class_weight, augment=augment, shuffle=shuffle,
         drop_remainder=drop_remainder, mesh=mesh, num_devices=num_devices,
         shard_params=shard_params, precision=precision, steps_per_epoch=steps_per_epoch,
-        workers=workers,
+        workers=workers, parallel_step=parallel_step,
     )  # fmt: skip
     ctx = RunContext(run.state, workdir, run.optimizer)
     callbacks = list(callbacks)

@@ -34,3 +34,7 @@ __all__ += ["initializers"]
 from jaxdl.nn.conv import conv_general_dilated, conv_patches, patches_conv  # noqa: E402
 
 __all__ += ["conv_general_dilated", "conv_patches", "patches_conv"]
+
+from jaxdl.nn.conv import Conv  # noqa: E402
+
+__all__ += ["Conv"]

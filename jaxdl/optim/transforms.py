@@ -79,32 +79,11 @@ def _bias_correction(decay: ArrayLike, count: jax.Array) -> jax.Array:
     return -jnp.expm1(count.astype(jnp.float32) * log_b)
 
 
-def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """Apply ``transforms`` one after another; the state is the tuple of their states.
-
-    Extra keyword arguments of ``update`` (``value=loss`` for :func:`reduce_on_plateau`) reach
-    only the transforms that accept them (instances of
-    :class:`optax.GradientTransformationExtraArgs`), as in :func:`optax.chain`.
-    """
-
-    def init_fn(params):
-        return tuple(t.init(params) for t in transforms)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        if len(state) != len(transforms):
-            raise ValueError(
-                f"state has {len(state)} entries but the chain has {len(transforms)} transforms"
-            )
-        new_state = []
-        for t, s in zip(transforms, state, strict=True):
-            if isinstance(t, optax.GradientTransformationExtraArgs):
-                updates, s = t.update(updates, s, params, **extra_args)
-            else:
-                updates, s = t.update(updates, s, params)
-            new_state.append(s)
-        return updates, tuple(new_state)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+# The chain is optax's own: jaxdl's optimizers are chains of optax-compatible pieces, and a second
+# implementation would only have to be kept in step with it. ``optax.chain`` applies the transforms
+# in order, its state is the tuple of their states, and extra ``update`` arguments (``value=loss``
+# for :func:`reduce_on_plateau`) reach only the transforms that accept them.
+chain = optax.chain
 
 
 # ----------------------------------------------------------------------------------------------

@@ -397,7 +397,14 @@ def _train_epoch(run: _Run, ctx: RunContext, epoch: int, desc: str, verbosity: i
     The loss of step ``t`` is read on the host only after step ``t + 1`` has been dispatched, so
     the device never waits for the NaN check or the progress bar; the error still names step ``t``.
     """
-    batches = run.batches(epoch)
+    seen = [0.0]  # real rows handed to the device so far (counted on the host: no sync)
+
+    def counted(it):
+        for xb, yb, mask in it:
+            seen[0] += float(np.sum(mask))
+            yield xb, yb, mask
+
+    batches = counted(run.batches(epoch))
     if run.mesh is None:
         batches = prefetch_to_device(batches)
     else:  # rows split over the devices (every batch is full-size: padded and masked)
@@ -408,7 +415,7 @@ def _train_epoch(run: _Run, ctx: RunContext, epoch: int, desc: str, verbosity: i
     ]
     sums: dict[str, jax.Array] | None = None
     pending: tuple[int, dict[str, jax.Array]] | None = None
-    start, seen = time.perf_counter(), 0.0
+    start = time.perf_counter()
 
     def check(step: int, metrics: dict[str, jax.Array]) -> None:
         loss = float(metrics["loss_sum"]) / max(float(metrics["count"]), 1e-12)
@@ -420,14 +427,13 @@ def _train_epoch(run: _Run, ctx: RunContext, epoch: int, desc: str, verbosity: i
             )
         if verbosity == 1:
             postfix = {k: f"{v:.4f}" for k, v in _summarise(sums).items()}
-            postfix["ex/s"] = f"{seen / max(time.perf_counter() - start, 1e-9):.0f}"
+            postfix["ex/s"] = f"{seen[0] / max(time.perf_counter() - start, 1e-9):.0f}"
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
 
     step = int(ctx.state.step)
     for xb, yb, mask in batches:
         ctx.state, metrics = run.train_step(ctx.state, xb, yb, mask)
-        seen += float(np.sum(np.asarray(mask))) if run.mesh is None else inputs.num_rows(yb)
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
         for cb in batch_hooks:
             cb.on_train_batch_end(step, metrics, ctx)

@@ -7,7 +7,7 @@ learning compile into one XLA program; agents (:mod:`jaxdl.rl.ppo`, :mod:`jaxdl.
 greedy ``act(observation: np.ndarray) -> int``.
 """
 
-from jaxdl.rl import common, envs, networks, ppo
+from jaxdl.rl import common, dqn, envs, networks, ppo, reinforce
 from jaxdl.rl.common import gae
 from jaxdl.rl.envs import Acrobot, CartPole, EnvState, make
 from jaxdl.rl.networks import ActorCritic, QNetwork
@@ -20,11 +20,13 @@ __all__ = [
     "EnvState",
     "QNetwork",
     "common",
+    "dqn",
     "envs",
     "gae",
     "load_policy",
     "make",
     "networks",
     "ppo",
+    "reinforce",
     "save_policy",
 ]

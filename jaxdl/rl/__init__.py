@@ -11,7 +11,7 @@ from jaxdl.rl import common, dqn, envs, networks, ppo, reinforce
 from jaxdl.rl.common import gae
 from jaxdl.rl.envs import Acrobot, CartPole, EnvState, make
 from jaxdl.rl.networks import ActorCritic, QNetwork
-from jaxdl.rl.policy import load_policy, save_policy
+from jaxdl.rl.policy import evaluate_greedy, load_policy, save_policy
 
 __all__ = [
     "Acrobot",
@@ -22,6 +22,7 @@ __all__ = [
     "common",
     "dqn",
     "envs",
+    "evaluate_greedy",
     "gae",
     "load_policy",
     "make",

@@ -17,6 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -97,3 +98,26 @@ def load_policy(workdir: str) -> Callable[[np.ndarray], int]:
 
     act.config = config
     return act
+
+
+def evaluate_greedy(
+    env: Any, net: nn.Module, params: Any, key: jax.Array, num_episodes: int = 10
+) -> jax.Array:
+    """Returns ``(num_episodes,)`` of the greedy policy: ``num_episodes`` environments run in
+    parallel for ``env.max_steps`` steps and each keeps the return of its first episode. Jittable
+    and vmappable over ``params``/``key`` (the seeds of a vmapped run)."""
+    state, obs = jax.vmap(env.reset)(jax.random.split(key, num_episodes))
+
+    def step(carry, k):
+        state, obs, finished, ret = carry
+        action = greedy_action(net, params, obs)
+        state, obs, reward, term, trunc, _ = jax.vmap(env.step)(
+            jax.random.split(k, num_episodes), state, action
+        )
+        ret = ret + jnp.where(finished, 0.0, reward)
+        return (state, obs, finished | term | trunc, ret), None
+
+    init = (state, obs, jnp.zeros(num_episodes, bool), jnp.zeros(num_episodes))
+    keys = jax.random.split(jax.random.fold_in(key, 1), env.max_steps)
+    (_, _, _, returns), _ = jax.lax.scan(step, init, keys)
+    return returns

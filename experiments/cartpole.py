@@ -76,6 +76,12 @@ def first_reach(steps: np.ndarray, curve: np.ndarray, level: float) -> int | Non
     return int(steps[hit[0]]) if hit.size else None
 
 
+def _median_or_none(values: list[int | None]) -> float | None:
+    # None (never reached) counts as infinitely late.
+    ranked = sorted(values, key=lambda v: float("inf") if v is None else v)
+    return ranked[len(ranked) // 2]
+
+
 def run_agent(
     name: str, seeds: int, seed: int, eval_episodes: int, **overrides: Any
 ) -> dict[str, Any]:
@@ -84,12 +90,14 @@ def run_agent(
     config = config_cls(**overrides)
     keys = jax.random.split(jax.random.PRNGKey(seed), seeds)
     train = jax.jit(jax.vmap(module.make_train(config)))
-    t0 = time.perf_counter()
+    # Wall time, and this process's CPU time (all threads): on a shared, loaded machine the
+    # second says how much computing the run needed, the first how long it waited too.
+    t0, c0 = time.perf_counter(), time.process_time()
     compiled = train.lower(keys).compile()
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    compile_s, compile_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     params, metrics = jax.block_until_ready(compiled(keys))
-    run_s = time.perf_counter() - t0
+    run_s, run_cpu = time.perf_counter() - t0, time.process_time() - c0
     env = rl.make(config.env_name)
     net = module.make_network(config, env)
     eval_keys = jax.random.split(jax.random.PRNGKey(seed + 1), seeds)
@@ -103,6 +111,8 @@ def run_agent(
         "metrics": metrics,
         "compile_seconds": compile_s,
         "run_seconds": run_s,
+        "compile_cpu_seconds": compile_cpu,
+        "run_cpu_seconds": run_cpu,
         "env_steps_per_second": float(seeds * metrics["env_steps"][0, -1] / run_s),
         "greedy_returns": greedy,
     }
@@ -130,6 +140,11 @@ def summarize(run: dict[str, Any], smooth: int, solved: float) -> dict[str, Any]
         "greedy_return_per_seed": run["greedy_returns"].mean(1),
         "compile_seconds": run["compile_seconds"],
         "run_seconds": run["run_seconds"],
+        "compile_cpu_seconds": run["compile_cpu_seconds"],
+        "run_cpu_seconds": run["run_cpu_seconds"],
+        "median_seed_steps_to_solved": _median_or_none(
+            [first_reach(steps, c, solved) for c in curves]
+        ),
         "env_steps_per_second": run["env_steps_per_second"],
         "total_env_steps_all_seeds": total * curves.shape[0],
     }
@@ -178,9 +193,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
         s = summaries[name]
         print(
             f"{name:10s} compile {s['compile_seconds']:.1f} s, run {s['run_seconds']:.1f} s "
+            f"(CPU {s['compile_cpu_seconds']:.1f} s + {s['run_cpu_seconds']:.1f} s) "
             f"({s['env_steps_per_second']:,.0f} env steps/s over {c.seeds} seeds); final return "
             f"{s['final_return_mean']:.1f}; greedy {s['greedy_return_mean']:.1f}; mean reaches "
-            f"{c.solved_return:g} at {s['steps_to_solved']} steps ({s['seconds_to_solved']} s)"
+            f"{c.solved_return:g} at {s['steps_to_solved']} steps ({s['seconds_to_solved']} s); "
+            f"median seed first reaches it at {s['median_seed_steps_to_solved']} steps"
         )
     result: dict[str, Any] = {"config": c, "summary": summaries}
     if c.save_algorithm in runs:

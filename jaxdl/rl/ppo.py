@@ -138,7 +138,18 @@ def make_train(config: PPOConfig):
         entropy = -jnp.mean(jnp.sum(jnp.exp(log_probs) * log_probs, -1))
         vf_coef = config.vf_coef if config.use_baseline else 0.0
         total = pg_loss + vf_coef * v_loss - config.ent_coef * entropy
-        return total, {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": entropy}
+        # How far the policy has moved from the one that collected the data: the k3 estimator
+        # of KL(pi_old || pi) (Schulman 2020) and the fraction of samples outside the clip range.
+        log_ratio = log_prob - old_log_prob
+        approx_kl = jnp.mean(jnp.exp(log_ratio) - 1.0 - log_ratio)
+        clip_frac = jnp.mean((jnp.abs(jnp.exp(log_ratio) - 1.0) > 0.2).astype(jnp.float32))
+        return total, {
+            "pg_loss": pg_loss,
+            "v_loss": v_loss,
+            "entropy": entropy,
+            "approx_kl": approx_kl,
+            "clip_frac": clip_frac,
+        }
 
     def update(runner, _):
         params, opt_state, env_state, obs, key = runner

@@ -73,3 +73,15 @@ def test_short_reinforce_run_improves_return():
     params, m = jax.jit(reinforce.make_train(cfg))(jax.random.PRNGKey(0))
     ret = _mean_returns(m)
     assert ret[-10:].mean() > 3 * ret[:5].mean()
+
+
+def test_saved_q_network_acts_greedily(tmp_path):
+    net = rl.QNetwork(2)
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"]
+    rl.save_policy(str(tmp_path), net, params, "CartPole-v1")
+    act = rl.load_policy(str(tmp_path))
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    want = np.argmax(np.asarray(net.apply({"params": params}, obs)), -1)
+    assert [act(o) for o in obs] == list(want)
+    with pytest.raises(ValueError, match="actions"):
+        rl.save_policy(str(tmp_path), rl.QNetwork(3), params, "CartPole-v1")

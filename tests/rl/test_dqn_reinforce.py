@@ -23,9 +23,10 @@ def test_td_target_formula():
 
 def test_buffer_wraps_around_and_counts():
     buf = dqn.buffer_init(5, (2,))
+    add = jax.jit(dqn.buffer_add)
     for step in range(3):  # 3 writes of 2: slots 0,1 / 2,3 / 4,0
         v = jnp.arange(2) + 2 * step
-        buf = dqn.buffer_add(
+        buf = add(
             buf, jnp.stack([v, v], -1).astype(jnp.float32), v, v.astype(jnp.float32),
             jnp.zeros((2, 2)), jnp.zeros(2, bool),
         )  # fmt: skip
@@ -55,6 +56,14 @@ def test_reinforce_returns_are_discounted_sums():
     np.testing.assert_allclose(got, [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0, 4.0])
 
 
+def _random_params(net, seed):
+    # Random parameters of the right shapes without running flax's orthogonal initialiser,
+    # whose QR decomposition takes seconds to compile on a loaded CPU.
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"]
+    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+
+
 def _mean_returns(m):
     return np.asarray(m["return_sum"]) / np.maximum(np.asarray(m["episodes"]), 1)
 
@@ -77,7 +86,7 @@ def test_short_reinforce_run_improves_return():
 
 def test_saved_q_network_acts_greedily(tmp_path):
     net = rl.QNetwork(2)
-    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"]
+    params = _random_params(net, 0)
     rl.save_policy(str(tmp_path), net, params, "CartPole-v1")
     act = rl.load_policy(str(tmp_path))
     obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)

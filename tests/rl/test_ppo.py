@@ -77,6 +77,14 @@ def test_config_validation():
         ppo.make_train(ppo.PPOConfig(env_name="CartPole-v0"))
 
 
+def _random_params(net, seed):
+    # Random parameters of the right shapes without running flax's orthogonal initialiser,
+    # whose QR decomposition takes seconds to compile on a loaded CPU.
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"]
+    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+
+
 SHORT = ppo.PPOConfig(total_timesteps=40_960, num_envs=8, num_steps=64, learning_rate=1e-3)
 
 
@@ -86,6 +94,7 @@ def short_run():
     return params, jax.tree.map(np.asarray, metrics)
 
 
+@pytest.mark.slow  # ~30 s on the shared 2-core machine, almost all of it XLA compilation
 def test_short_ppo_run_improves_return(short_run):
     _, m = short_run
     mean = m["return_sum"] / np.maximum(m["episodes"], 1)
@@ -95,6 +104,37 @@ def test_short_ppo_run_improves_return(short_run):
     assert m["env_steps"][-1] == SHORT.num_updates * 512
 
 
+def _play(act, episodes):
+    env = gym.make("CartPole-v1")
+    returns = []
+    for seed in range(episodes):
+        o, _ = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            a = act(o)
+            assert isinstance(a, int)
+            o, r, term, trunc, _ = env.step(a)
+            total += r
+            done = term or trunc
+        returns.append(total)
+    return returns
+
+
+def test_load_policy_round_trip_plays_gymnasium(tmp_path):
+    # An untrained network: checks the save/load contract and the NumPy interface quickly.
+    net = rl.ActorCritic(2)
+    params = _random_params(net, 3)
+    rl.save_policy(str(tmp_path), net, params, "CartPole-v1")
+    act = rl.load_policy(str(tmp_path))
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    logits, _ = net.apply({"params": params}, obs)
+    assert [act(o) for o in obs] == list(np.argmax(np.asarray(logits), -1))
+    assert all(r >= 1 for r in _play(act, 1))
+    with pytest.raises(ValueError, match="observation"):
+        act(np.zeros(3, np.float32))
+
+
+@pytest.mark.slow
 def test_saved_policy_plays_gymnasium(short_run, tmp_path):
     params, _ = short_run
     net = ppo.make_network(SHORT, rl.CartPole())
@@ -105,21 +145,8 @@ def test_saved_policy_plays_gymnasium(short_run, tmp_path):
     obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     logits, _ = net.apply({"params": params}, obs)
     assert [act(o) for o in obs] == list(np.argmax(np.asarray(logits), -1))
-    env = gym.make("CartPole-v1")
-    returns = []
-    for seed in range(3):
-        o, _ = env.reset(seed=seed)
-        total, done = 0.0, False
-        while not done:
-            a = act(o)
-            assert isinstance(a, int)
-            o, r, term, trunc, _ = env.step(a)
-            total += r
-            done = term or trunc
-        returns.append(total)
+    returns = _play(act, 3)
     assert np.mean(returns) > 100, returns
-    with pytest.raises(ValueError, match="observation"):
-        act(np.zeros(3, np.float32))
 
 
 def test_load_policy_missing_directory(tmp_path):

@@ -18,8 +18,10 @@ constants, same order of floating-point operations), and tests/rl/test_envs.py c
 for step against gymnasium from identical states. The physical state has the default float
 dtype: float32 normally, float64 under ``jax.enable_x64(True)`` (then it matches
 gymnasium's float64 arithmetic to rounding). Observations are float32, as in gymnasium.
-gymnax was tried first: its 1.0.1 wheel imports seaborn (a plotting library) at import time and
-keeps a float32 state, so the dynamics are written here instead.
+gymnax was tried first: gymnax 1.0.1 installs without changing jax, but imports seaborn (a
+plotting library) at import time and computes in JAX's default float32 only, so it could not be
+checked tightly against gymnasium's float64 state; the dynamics are written here instead, their
+float dtype following JAX's x64 flag.
 """
 
 from __future__ import annotations

@@ -9,18 +9,15 @@ on NHWC input, and four implementations of it exist because XLA:CPU runs them at
 speeds (``docs/performance.md``, change 3). All give the same forward values. Their gradients agree
 wherever each window's maximum is unique; on exact ties they route the gradient differently:
 
-======================  ============================  ===============================  ===========
-``impl``                forward                       backward                         windows
-======================  ============================  ===============================  ===========
-``"reduce_window"``     ``lax.reduce_window``         XLA's ``select_and_scatter``     any
-                                                      (one tied entry gets it all)
-``"reshape"``           reshape to (.., k, .., k, ..)  autodiff of ``jnp.max``          stride = window,
-                        and a max over the window     (split evenly between ties)      ``VALID``
-``"window"``            ``lax.reduce_window``         one fused pass: every entry      stride = window,
-                                                      equal to the max gets it          ``VALID``
-``"slices"``            max of ``k_h k_w`` strided    the same one-pass backward       stride = window,
-                        slices, one fused loop                                          ``VALID``
-======================  ============================  ===============================  ===========
+* ``"reduce_window"``: forward ``lax.reduce_window``; backward XLA's ``select_and_scatter``
+  (one tied entry gets the whole gradient); any window, stride and padding.
+* ``"reshape"``: forward a reshape to ``(N, Ho, kh, Wo, kw, C)`` and a max over the window axes;
+  backward autodiff of ``jnp.max`` (the gradient split evenly between ties); stride = window,
+  ``VALID``.
+* ``"window"``: forward ``lax.reduce_window``; backward one fused pass in which every entry equal
+  to its window's maximum gets the gradient; stride = window, ``VALID``.
+* ``"slices"``: forward the maximum of ``kh * kw`` strided slices, one fused loop; backward the same
+  one-pass rule; stride = window, ``VALID``.
 
 When each is fastest (XLA:CPU, the course's CNN at batch 128 / 1000, ``docs/performance.md``):
 

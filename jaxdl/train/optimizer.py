@@ -76,7 +76,8 @@ class RunOptimizer:
 def prepare_optimizer(
     optimizer: optax.GradientTransformation, params: Any, loss_scaling: bool = False
 ) -> RunOptimizer:
-    """Wrap ``optimizer`` for ``fit`` (``params`` may be ``jax.ShapeDtypeStruct``s)."""
+    """Wrap ``optimizer`` for ``fit``; ``params`` may be arrays or ``jax.ShapeDtypeStruct``
+    leaves."""
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"

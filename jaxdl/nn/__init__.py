@@ -34,3 +34,10 @@ __all__ += ["initializers"]
 from jaxdl.nn.conv import conv_general_dilated, conv_patches, patches_conv  # noqa: E402
 
 __all__ += ["conv_general_dilated", "conv_patches", "patches_conv"]
+
+from jaxdl.nn.feedback_alignment import (  # noqa: E402
+    FeedbackAlignmentDense,
+    feedback_alignment_dense,
+)
+
+__all__ += ["FeedbackAlignmentDense", "feedback_alignment_dense"]

@@ -67,3 +67,10 @@ __all__ += [
     "segment_softmax",
     "segment_sum",
 ]
+
+from jaxdl.nn.feedback_alignment import (  # noqa: E402
+    FeedbackAlignmentDense,
+    feedback_alignment_dense,
+)
+
+__all__ += ["FeedbackAlignmentDense", "feedback_alignment_dense"]

@@ -101,3 +101,9 @@ __all__ = [
     "warmup_cosine_decay",
     "weight_decay_mask",
 ]
+
+# AMSGrad (appended; kept as its own block so merges with other optimizer work stay trivial).
+from jaxdl.optim.alias import amsgrad  # noqa: E402
+from jaxdl.optim.transforms import ScaleByAmsgradState, scale_by_amsgrad  # noqa: E402
+
+__all__ += ["ScaleByAmsgradState", "amsgrad", "scale_by_amsgrad"]

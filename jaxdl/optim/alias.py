@@ -205,3 +205,33 @@ def get(name: str, learning_rate: ScalarOrSchedule, **kwargs: Any) -> optax.Grad
     if key not in _ALIASES:
         raise ValueError(f"name must be one of {tuple(_ALIASES)}, got {name!r}")
     return _ALIASES[key](learning_rate, **kwargs)
+
+
+# AMSGrad, appended after the others (its import lives here so the block above stays untouched).
+from jaxdl.optim.transforms import scale_by_amsgrad  # noqa: E402
+
+
+def amsgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    eps_root: float = 0.0,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AMSGrad (Reddi et al. 2018) in PyTorch's form (``torch.optim.Adam(amsgrad=True)``):
+
+    .. math:: θ_t = θ_{t-1} - η\, \frac{\hat m_t}{\sqrt{v^{\max}_t/(1-β_2^t)} + ε}, \qquad
+              v^{\max}_t = \max(v^{\max}_{t-1}, v_t)
+
+    the running maximum taken over the raw second moment; see :func:`scale_by_amsgrad` for how
+    this differs from optax's and the paper's forms."""
+    return chain(
+        scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, nu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+_ALIASES["amsgrad"] = amsgrad

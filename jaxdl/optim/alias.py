@@ -198,7 +198,7 @@ _ALIASES = {
 def get(name: str, learning_rate: ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformation:
     """Build an optimizer by name: ``get("adam", 1e-3, b2=0.99)`` is ``adam(1e-3, b2=0.99)``.
 
-    Names: ``sgd``, ``momentum``, ``rmsprop``, ``adam``, ``adamw``, ``adamax``, ``radam``
+    Names: ``sgd``, ``momentum``, ``rmsprop``, ``adam``, ``adamw``, ``adamax``, ``radam``, ``amsgrad``
     (case-insensitive).
     """
     key = name.lower() if isinstance(name, str) else name

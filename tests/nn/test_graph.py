@@ -139,6 +139,7 @@ class GATTest(chex.TestCase):
         grad = jax.grad(lambda x: jnp.sum(layer.apply(big, x, s, r) ** 2))(x)
         assert np.all(np.isfinite(grad))
 
+    @pytest.mark.slow
     def test_attention_dropout_uses_rng(self):
         rng = np.random.default_rng(5)
         x, s, r = random_graph(rng)
@@ -172,7 +173,11 @@ class GINTest(chex.TestCase):
 
 @pytest.mark.parametrize(
     "layer",
-    [nn.GCNConv(3), nn.GATConv(2, num_heads=2), nn.GINConv(3)],
+    [
+        nn.GCNConv(3),
+        pytest.param(nn.GATConv(2, num_heads=2), marks=pytest.mark.slow),
+        nn.GINConv(3),
+    ],
     ids=["gcn", "gat", "gin"],
 )
 def test_padded_batch_equals_separate_graphs(layer):

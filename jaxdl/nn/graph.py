@@ -74,6 +74,10 @@ def check_graph(
     ``jit``) they must lie in ``[0, N)``: out-of-range indices would otherwise be silently dropped
     by the scatter and clamped by the gather.
     """
+    x, senders, receivers, edge_mask, node_mask = (
+        np.asarray(a) if isinstance(a, list | tuple) else a
+        for a in (x, senders, receivers, edge_mask, node_mask)
+    )
     if jnp.ndim(x) != 2:
         raise ValueError(
             f"{where}: x must have rank 2 (num_nodes, features), got shape {jnp.shape(x)}"
@@ -107,6 +111,19 @@ def check_graph(
                 raise ValueError(
                     f"{where}: {name} must index nodes in [0, {n}) (x has {n} rows), got values in [{lo}, {hi}]"
                 )
+
+
+def _as_arrays(senders, receivers, edge_mask, node_mask):
+    # Lists and NumPy arrays are accepted; JAX indexing needs arrays, and int32 halves index traffic.
+    def mask(m):
+        return None if m is None else jnp.asarray(m, bool)
+
+    return (
+        jnp.asarray(senders, jnp.int32),
+        jnp.asarray(receivers, jnp.int32),
+        mask(edge_mask),
+        mask(node_mask),
+    )
 
 
 def _edge_weights(senders: Array, edge_mask: Array | None, dtype) -> Array:
@@ -254,8 +271,13 @@ class GCNConv(nn.Module):
         if self.features <= 0:
             raise ValueError(f"GCNConv: features must be positive, got {self.features}")
         check_graph(x, senders, receivers, edge_mask, node_mask, "GCNConv")
-        n = x.shape[0]
-        kernel = self.param("kernel", self.kernel_init, (x.shape[1], self.features), jnp.float32)
+        senders, receivers, edge_mask, node_mask = _as_arrays(
+            senders, receivers, edge_mask, node_mask
+        )
+        n = jnp.shape(x)[0]
+        kernel = self.param(
+            "kernel", self.kernel_init, (jnp.shape(x)[1], self.features), jnp.float32
+        )
         h = jnp.asarray(x, kernel.dtype) @ kernel  # (N, C)
         if self.add_self_loops:
             w, self_w = gcn_norm(senders, receivers, n, edge_mask, h.dtype)
@@ -322,8 +344,10 @@ class GATConv(nn.Module):
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"GATConv: dropout_rate must be in [0, 1), got {self.dropout_rate}")
         check_graph(x, senders, receivers, edge_mask, node_mask, "GATConv")
-        n, f = x.shape
-        senders, receivers = jnp.asarray(senders, jnp.int32), jnp.asarray(receivers, jnp.int32)
+        n, f = jnp.shape(x)
+        senders, receivers, edge_mask, node_mask = _as_arrays(
+            senders, receivers, edge_mask, node_mask
+        )
         H, C = self.num_heads, self.features
         kernel = self.param("kernel", self.kernel_init, (f, H, C), jnp.float32)
         att_init = nn.initializers.glorot_uniform(in_axis=-1, out_axis=-2)
@@ -385,6 +409,9 @@ class GINConv(nn.Module):
         if self.features <= 0:
             raise ValueError(f"GINConv: features must be positive, got {self.features}")
         check_graph(x, senders, receivers, edge_mask, node_mask, "GINConv")
+        senders, receivers, edge_mask, node_mask = _as_arrays(
+            senders, receivers, edge_mask, node_mask
+        )
         x = jnp.asarray(x, jnp.float32)
         msg = x[senders]
         if edge_mask is not None:

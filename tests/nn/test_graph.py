@@ -293,3 +293,12 @@ def test_bad_inputs():
         nn.batch_graphs([(x, s, s)], num_nodes=4, num_edges=5, num_graphs=2)
     with pytest.raises(TypeError, match="each graph"):
         nn.batch_graphs([x])
+
+
+def test_accepts_lists_and_numpy():
+    x = np.eye(3, dtype=np.float32)
+    layer = nn.GCNConv(2)
+    p = layer.init(jax.random.key(0), x, [0, 1], [1, 2])
+    y = layer.apply(p, x, [0, 1], [1, 2], edge_mask=[True, False], node_mask=np.ones(3, bool))
+    ref = gcn_dense(x, np.asarray([0]), np.asarray([1]), p["params"]["kernel"], p["params"]["bias"])
+    chex.assert_trees_all_close(y, ref.astype(np.float32), atol=1e-6)

@@ -278,7 +278,7 @@ class GCNConv(nn.Module):
 
     Duplicate edges count with their multiplicity; an isolated node keeps ``x W + b`` (its only
     neighbour is its self loop). ``X W`` is computed first (``features`` is usually smaller than
-    ``F``), then propagated by one gather and one ``segment_sum`` over the edges.
+    ``F``), then propagated over the edges by :func:`propagate` (gather, scatter-add).
 
     Attributes:
         features: output width.

@@ -58,6 +58,33 @@ def relative_variance(h: np.ndarray, deg: np.ndarray) -> float:
     return float(np.mean(z.var(0)) / max(np.mean(z**2), 1e-30))
 
 
+def plot(c: Config, power_var, results: dict, num_classes: int, path: str) -> None:
+    """The three panels from the measured numbers (also ``metrics.json``'s)."""
+    fig, axes = new_figure(1, 3, figsize=(14, 4))
+    axes[0].semilogy(range(c.max_power + 1), np.maximum(power_var, 1e-16))
+    axes[0].set(
+        xlabel="k", ylabel="relative variance of S^k X", title="propagation alone (no weights)"
+    )
+    for kind, style in (("plain", "o-"), ("residual", "s--")):
+        accs = [results[f"{kind}/{d}"]["test_acc_mean"] for d in c.depths]
+        axes[1].plot(c.depths, accs, style, label=kind)
+        for key, ls in (("rel_var_init", ":"), ("rel_var_trained", "-")):
+            v = [max(results[f"{kind}/{d}"][key], 1e-16) for d in c.depths]
+            axes[2].semilogy(c.depths, v, style[0] + ls, label=f"{kind}, {key.split('_')[-1]}")
+    axes[1].axhline(1 / num_classes, color="gray", ls="--", lw=0.8)
+    axes[1].set(xticks=c.depths, xticklabels=c.depths, xlabel="GCN layers",
+                ylabel="test accuracy", title="accuracy vs depth", ylim=(0, 1.02))  # fmt: skip
+    axes[2].set(xticks=c.depths, xticklabels=c.depths, xlabel="GCN layers",
+                ylabel="relative variance, last hidden layer", title="feature variance vs depth")  # fmt: skip
+    axes[1].legend()
+    axes[2].legend(fontsize=8)
+    for ax in axes[1:]:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(c.depths, [str(d) for d in c.depths])
+        ax.minorticks_off()
+    save_figure(fig, path)
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict:
     c = config
     os.makedirs(workdir, exist_ok=True)
@@ -103,25 +130,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     save_json({"config": c, "propagation_rel_var": power_var, "gcn": results},
               os.path.join(workdir, "metrics.json"))  # fmt: skip
 
-    fig, axes = new_figure(1, 3, figsize=(14, 4))
-    axes[0].semilogy(range(c.max_power + 1), np.maximum(power_var, 1e-16))
-    axes[0].set(
-        xlabel="k", ylabel="relative variance of S^k X", title="propagation alone (no weights)"
-    )
-    for kind, style in (("plain", "o-"), ("residual", "s--")):
-        accs = [results[f"{kind}/{d}"]["test_acc_mean"] for d in c.depths]
-        axes[1].plot(c.depths, accs, style, label=kind)
-        for key, ls in (("rel_var_init", ":"), ("rel_var_trained", "-")):
-            v = [max(results[f"{kind}/{d}"][key], 1e-16) for d in c.depths]
-            axes[2].semilogy(c.depths, v, style[0] + ls, label=f"{kind}, {key.split('_')[-1]}")
-    axes[1].axhline(1 / data.num_classes, color="gray", ls="--", lw=0.8)
-    axes[1].set(xscale="log", xticks=c.depths, xticklabels=c.depths, xlabel="GCN layers",
-                ylabel="test accuracy", title="accuracy vs depth", ylim=(0, 1.02))  # fmt: skip
-    axes[2].set(xscale="log", xticks=c.depths, xticklabels=c.depths, xlabel="GCN layers",
-                ylabel="relative variance, last hidden layer", title="feature variance vs depth")  # fmt: skip
-    axes[1].legend()
-    axes[2].legend(fontsize=8)
-    save_figure(fig, os.path.join(workdir, "gnn_oversmoothing.png"))
+    plot(c, power_var, results, data.num_classes, os.path.join(workdir, "gnn_oversmoothing.png"))
     print("S^k X relative variance: " + ", ".join(f"k={k}: {power_var[k]:.2e}" for k in (0, 2, 8, 32, c.max_power)
                                                   if k <= c.max_power))  # fmt: skip
     for name, rr in results.items():

@@ -212,9 +212,9 @@ def main(argv=None) -> None:
     p.add_argument("--peers", default=",".join(PEERS))
     p.add_argument("--num_nodes", type=int, default=20_000)
     p.add_argument("--avg_degree", type=float, default=10.0)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.framework:  # one peer, in this process

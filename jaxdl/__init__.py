@@ -15,3 +15,8 @@ from jaxdl import data, losses, models, nn, optim, train  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["data", "losses", "models", "nn", "optim", "train", "xla_flags", "__version__"]
+
+# Compression (quantisation, pruning) and hyper-parameter tuning.
+from jaxdl import compress, tune  # noqa: E402
+
+__all__ += ["compress", "tune"]

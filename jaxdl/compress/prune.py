@@ -148,8 +148,10 @@ def polynomial_sparsity(
 ) -> jax.Array:
     r"""Zhu & Gupta's schedule ``s_f + (s_i - s_f)(1 - p)^3``, ``p = clip((t - t_0)/(t_end - t_0),
     0, 1)``: ``s_i`` up to ``begin_step``, ``s_f`` from ``end_step`` on."""
+    step = jnp.asarray(step, jnp.float32)
     span = max(end_step - begin_step, 1)
-    p = jnp.clip((jnp.asarray(step, jnp.float32) - begin_step) / span, 0.0, 1.0)
+    # at and after end_step the target holds (also when begin_step == end_step: one-shot)
+    p = jnp.where(step >= end_step, 1.0, jnp.clip((step - begin_step) / span, 0.0, 1.0))
     return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** power
 
 
@@ -190,7 +192,8 @@ def gradual_pruning(
       inner: the optimizer (any optax ``GradientTransformation``).
       final_sparsity: ``s_f`` in ``[0, 1)``.
       begin_step, end_step: ``t_0`` and ``t_0 + n dt`` in optimizer updates; ``end_step >=
-        begin_step >= 0``.
+        begin_step >= 0``. ``begin_step == end_step`` prunes to ``final_sparsity`` once, at that
+        update, and then holds the mask: one-shot pruning followed by masked fine-tuning.
       frequency: ``dt``, updates between mask recomputations (``>= 1``).
       initial_sparsity: ``s_i`` (``<= s_f``).
       scope: ``"global"`` or ``"layer"`` as in :func:`magnitude_mask`.

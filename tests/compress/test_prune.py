@@ -80,6 +80,9 @@ def test_apply_mask_and_sparsity_helpers():
 def test_polynomial_schedule():
     s = [float(compress.polynomial_sparsity(t, 0.9, 10, 50, 0.1)) for t in (0, 10, 30, 50, 80)]
     np.testing.assert_allclose(s, [0.1, 0.1, 0.9 - 0.8 * 0.125, 0.9, 0.9], rtol=1e-6)
+    # begin == end: one-shot, the final sparsity from that step on
+    s = [float(compress.polynomial_sparsity(t, 0.9, 3, 3)) for t in (0, 3, 4)]
+    np.testing.assert_allclose(s, [0.0, 0.9, 0.9], rtol=1e-6)
 
 
 def _quadratic_problem():
@@ -142,6 +145,17 @@ def test_gradual_pruning_through_fit_and_with_schedules():
     opt = compress.gradual_pruning(optim.adam(1e-2), 0.8, begin_step=0, end_step=12, frequency=4)
     hist = train.fit(Tiny(), opt, (x, y), epochs=8, batch_size=16, verbose=False)
     assert compress.kernel_sparsity(hist.state.params) == pytest.approx(0.8, abs=0.01)
+
+
+def test_one_shot_then_masked_fine_tuning():
+    target, loss = _quadratic_problem()
+    params = jax.tree.map(lambda t: t + 0.1, target)
+    opt = compress.gradual_pruning(optim.sgd(0.1), 0.5, 0, 0)
+    state = opt.init(params)
+    for _ in range(5):
+        u, state = opt.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, u)
+    assert compress.kernel_sparsity(params) == 0.5
 
 
 def test_gradual_pruning_bad_args():

@@ -228,6 +228,26 @@ def train_and_evaluate(c: Config, workdir: str) -> dict:
         note="stored as int8; 4-bit packing would halve it",
     )
 
+    # qwix (Google's JAX quantisation library), where installed: the same int8 weights, but it
+    # intercepts the jax ops (dot_general, conv) inside matched modules and, on XLA, quantises the
+    # activations dynamically (scales computed from each input at run time) instead of calibrating
+    try:
+        import qwix
+    except ImportError:
+        qwix = None
+    if qwix is not None:
+        rules = [qwix.QuantizationRule(module_path=".*", weight_qtype=jnp.int8, act_qtype=jnp.int8)]
+        qmodel = qwix.quantize_model(model, qwix.PtqProvider(rules))
+        abstract = jax.eval_shape(qmodel.init, jax.random.key(0), x_tr[:1])["params"]
+        qw = qwix.quantize_params(params, abstract)
+        run = jax.jit(lambda xb: qmodel.apply({"params": qw}, xb))
+        add(
+            "int8 PTQ (qwix, dynamic activations)",
+            accuracy(run, x_te, y_te),
+            compress.size_bytes(qw),
+            latency_ms(run, x_lat, c.latency_reps),
+        )
+
     # QAT: fine-tune with fake-quantised weights (straight-through gradients)
     ft_opt = lambda: optim.adam(c.finetune_learning_rate)  # noqa: E731
     for bits in (8, 4):

@@ -21,7 +21,7 @@ and :func:`search` minimises ``objective(params) -> float`` over it. The three m
   the others, and proposes the candidate maximising ``l(x) / g(x)`` -- which is maximising the
   expected improvement under that model.
 
-**Pruning.** An objective that accepts a second argument gets a ``report(step, value)`` callable:
+**Pruning.** An objective with a second required positional parameter gets a ``report(step, value)`` callable:
 it records an intermediate value (e.g. the validation loss after each epoch) and raises
 :class:`TrialPruned` when the pruner judges the trial hopeless -- by default Optuna's median rule:
 stop if the value at ``step`` is worse than the median of earlier trials at the same step. The
@@ -228,12 +228,13 @@ def _wants_report(objective: Callable[..., float]) -> bool:
         sig = inspect.signature(objective)
     except (TypeError, ValueError):
         return False
+    # a second *required* positional parameter (defaulted ones are the objective's own business)
     params = [
         p
         for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
-    return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())
 
 
 def _native(value: Any) -> Any:

@@ -126,10 +126,18 @@ def kernel_sparsity(params: Any) -> float:
 
 def sparse_size_bytes(params: Any) -> int:
     """Bytes to store ``params`` with each kernel as a bitmap of its non-zeros (one bit per entry)
-    plus the non-zero values; other leaves dense. An estimate of a sparse format's storage, not a
-    format jaxdl writes (TFMOT's figure is the gzip of the dense file, comparable in size)."""
+    plus the non-zero values; other leaves dense. Quantised kernels
+    (:class:`jaxdl.compress.QuantizedArray`) count one byte per non-zero plus their scales. An
+    estimate of a sparse format's storage, not a format jaxdl writes."""
+    from jaxdl.compress.quantize import QuantizedArray
+
+    is_q = lambda x: isinstance(x, QuantizedArray)  # noqa: E731
     total = 0
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    for path, x in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_q)[0]:
+        if is_q(x):
+            v = np.asarray(x.values)
+            total += int(np.count_nonzero(v)) + (v.size + 7) // 8 + int(x.scale.nbytes)
+            continue
         x = np.asarray(x)
         if is_kernel(path, x):
             total += int(np.count_nonzero(x)) * x.dtype.itemsize + (x.size + 7) // 8

@@ -71,6 +71,9 @@ def test_apply_mask_and_sparsity_helpers():
     assert compress.kernel_sparsity(pruned) == 0.5
     np.testing.assert_array_equal(pruned["a"]["bias"], params["a"]["bias"])
     assert compress.sparse_size_bytes(pruned) == 5 * 4 + 1 + 1 + 4 * 4
+    # quantised: one byte per non-zero, the bitmaps, the per-channel scales, float biases/norms
+    q = compress.quantize(pruned)
+    assert compress.sparse_size_bytes(q) == 5 * 1 + 1 + 1 + 4 * (2 + 3) + 4 * 4
     with pytest.raises(ValueError, match="sparsity"):
         compress.magnitude_mask(params, 1.5)
     with pytest.raises(ValueError, match="scope"):

@@ -2,12 +2,13 @@
 
 Trains MnistCNN on mnist_5k (3,600 training digits, 400 validation, 1,000 test), then measures
 test accuracy, stored size and inference latency for: float32; bfloat16; int8 post-training
-quantisation (per-channel weights, calibrated activations, int8 x int8 -> int32 products); int8
-quantisation-aware training (straight-through estimator); 4-
-and 2-bit weights by PTQ, by PTQ after a float fine-tune and by QAT (where QAT matters); 90% magnitude pruning one-shot (before and after fine-tuning) and gradual
-(Zhu & Gupta 2017) with the same fine-tuning budget; and a 16x smaller student CNN trained on
-labels alone and distilled from the CNN (Hinton et al. 2015). Then test accuracy against sparsity
-50%..99% (one-shot, before and after a short fine-tune).
+quantisation (per-channel weights, calibrated activations, int8 x int8 -> int32 products), and
+qwix's int8 where installed; int8 quantisation-aware training (straight-through estimator); 4- and
+2-bit weights by PTQ, by PTQ after a float fine-tune of the same budget, and by QAT (where QAT
+matters); 90% magnitude pruning one-shot (before and after fine-tuning) and gradual (Zhu & Gupta
+2017) with the same fine-tuning budget; and a 16x smaller student CNN trained on labels alone and
+distilled from the CNN (Hinton et al. 2015). Then test accuracy against sparsity 50%..99% (global
+and per-layer masks, one-shot, and global after a short fine-tune).
 
     python -m experiments.compression --workdir runs/compression
     python -m experiments.compression --workdir runs/compression_quick --epochs 2 --finetune_epochs 1

@@ -23,6 +23,7 @@ def _data():
     return x, y
 
 
+@pytest.mark.slow  # two compilations of a scanned training loop: ~10 s idle, ~60 s on a loaded CPU
 def test_vmapped_trials_equal_separate_runs():
     x, y = _data()
     train = tune.make_train_fn(

@@ -78,3 +78,8 @@ __all__ += ["Forecaster", "SequenceClassifier"]
 from jaxdl.models.summary import ModelSummary, count_params, summary  # noqa: E402
 
 __all__ += ["ModelSummary", "count_params", "summary"]
+
+# Graph neural networks (issue 18): GCN/GAT node classifiers, GIN/GCN graph classifier.
+from jaxdl.models.gnn import GAT, GCN, GraphClassifier  # noqa: E402
+
+__all__ += ["GAT", "GCN", "GraphClassifier"]

@@ -22,10 +22,12 @@ from jaxdl.optim.clipping import clip_by_global_norm, clip_by_value, global_norm
 from jaxdl.optim.hyperparams import (
     get_learning_rate,
     get_learning_rate_scale,
+    has_learning_rate_state,
+    injected_learning_rate,
     scale_learning_rate,
     set_learning_rate,
 )
-from jaxdl.optim.plateau import ReduceOnPlateauState, reduce_on_plateau
+from jaxdl.optim.plateau import ReduceOnPlateauState, is_improvement, reduce_on_plateau
 from jaxdl.optim.regularizers import (
     RegularizerState,
     add_decayed_weights,
@@ -83,6 +85,9 @@ __all__ = [
     "radam",
     "radam_rho",
     "reduce_on_plateau",
+    "is_improvement",
+    "has_learning_rate_state",
+    "injected_learning_rate",
     "rmsprop",
     "scale_by_adam",
     "scale_by_adamax",

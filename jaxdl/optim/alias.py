@@ -28,9 +28,23 @@ from jaxdl.optim.transforms import (
 )
 
 
-def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    r"""Plain stochastic gradient descent (Robbins & Monro 1951): :math:`θ_t = θ_{t-1} - η g_t`."""
-    return chain(scale_by_learning_rate(learning_rate))
+def sgd(
+    learning_rate: ScalarOrSchedule, momentum: float = 0.0, nesterov: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    r"""Stochastic gradient descent (Robbins & Monro 1951): :math:`θ_t = θ_{t-1} - η g_t`.
+
+    With ``momentum`` :math:`β > 0` it is the heavy ball of :func:`momentum` (``ema=False``):
+    :math:`v_t = βv_{t-1} + g_t`, :math:`θ_t = θ_{t-1} - η v_t` (Nesterov's form with
+    ``nesterov=True``), the signature of ``optax.sgd``, Keras's ``SGD`` and PyTorch's ``SGD``.
+    """
+    _checks.check_unit_interval("momentum", momentum)
+    if nesterov and _checks._concrete(momentum) == 0.0:
+        raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
+    if _checks._concrete(momentum) == 0.0:
+        return chain(scale_by_learning_rate(learning_rate))
+    return chain(
+        scale_by_momentum(momentum, nesterov=nesterov), scale_by_learning_rate(learning_rate)
+    )
 
 
 def momentum(
@@ -78,7 +92,8 @@ def rmsprop(
         scale_by_rms(decay, eps, eps_in_sqrt, centered, initial_scale, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     ]
-    if momentum > 0.0:
+    # A traced momentum (optax.inject_hyperparams) keeps the accumulator: at 0 it is the identity.
+    if _checks._concrete(momentum) != 0.0:
         parts.append(scale_by_momentum(momentum, nesterov=nesterov))
     return chain(*parts)
 

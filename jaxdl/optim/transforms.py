@@ -52,6 +52,13 @@ def _cast_like(tree: Any, like: Any) -> Any:
     return jax.tree.map(lambda t, l: t.astype(l.dtype), tree, like)
 
 
+def _abs_sq(g: jax.Array) -> jax.Array:
+    """:math:`|g|^2 = g \\bar g`, real for complex ``g`` (optax's convention), ``g * g`` otherwise."""
+    if jnp.iscomplexobj(g):
+        return (g * jnp.conj(g)).real
+    return g * g
+
+
 def _log_decay(decay: ArrayLike) -> ArrayLike:
     """:math:`\\log\\beta`, in double precision when β is a Python number (0 maps to -inf)."""
     v = _checks._concrete(decay)
@@ -72,32 +79,11 @@ def _bias_correction(decay: ArrayLike, count: jax.Array) -> jax.Array:
     return -jnp.expm1(count.astype(jnp.float32) * log_b)
 
 
-def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """Apply ``transforms`` one after another; the state is the tuple of their states.
-
-    Extra keyword arguments of ``update`` (``value=loss`` for :func:`reduce_on_plateau`) reach
-    only the transforms that accept them (instances of
-    :class:`optax.GradientTransformationExtraArgs`), as in :func:`optax.chain`.
-    """
-
-    def init_fn(params):
-        return tuple(t.init(params) for t in transforms)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        if len(state) != len(transforms):
-            raise ValueError(
-                f"state has {len(state)} entries but the chain has {len(transforms)} transforms"
-            )
-        new_state = []
-        for t, s in zip(transforms, state, strict=True):
-            if isinstance(t, optax.GradientTransformationExtraArgs):
-                updates, s = t.update(updates, s, params, **extra_args)
-            else:
-                updates, s = t.update(updates, s, params)
-            new_state.append(s)
-        return updates, tuple(new_state)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+# The chain is optax's own: jaxdl's optimizers are chains of optax-compatible pieces, and a second
+# implementation would only have to be kept in step with it. ``optax.chain`` applies the transforms
+# in order, its state is the tuple of their states, and extra ``update`` arguments (``value=loss``
+# for :func:`reduce_on_plateau`) reach only the transforms that accept them.
+chain = optax.chain
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,10 +207,10 @@ def scale_by_rms(
 
     def update_fn(updates, state, params=None):
         del params
-        nu = jax.tree.map(lambda g, n: decay * n + (1 - decay) * g * g, updates, state.nu)
+        nu = jax.tree.map(lambda g, n: decay * n + (1 - decay) * _abs_sq(g), updates, state.nu)
         if centered:
             mu = jax.tree.map(lambda g, m: decay * m + (1 - decay) * g, updates, state.mu)
-            out = jax.tree.map(lambda g, m, n: g / denom(n - m * m), updates, mu, nu)
+            out = jax.tree.map(lambda g, m, n: g / denom(n - _abs_sq(m)), updates, mu, nu)
             new_state = ScaleByCenteredRmsState(
                 mu=_cast_like(mu, state.mu), nu=_cast_like(nu, state.nu)
             )
@@ -313,7 +299,7 @@ def scale_by_adam(
         del params
         count = _increment(state.count)
         mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
-        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * _abs_sq(g), updates, state.nu)
         if bias_correction:
             # Scalar reciprocals: two multiplies per element instead of two divides (the update
             # is compute-bound on CPU); within 1 ulp of dividing.
@@ -439,7 +425,7 @@ def scale_by_radam(
         del params
         count = _increment(state.count)
         mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
-        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * _abs_sq(g), updates, state.nu)
         inv_c1, inv_c2 = 1.0 / _bias_correction(b1, count), 1.0 / _bias_correction(b2, count)
         rho = radam_rho(count, b2)
         rectified = rho > threshold

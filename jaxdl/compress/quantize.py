@@ -163,18 +163,27 @@ def size_bytes(tree: Any) -> int:
 
 
 def _module_kind(module: nn.Module) -> str | None:
-    """Which int8 lowering runs ``module``'s ``__call__``: "dense", "conv" or None (run as is)."""
-    from jaxdl.models.cnn import _Conv3x3
+    """Which int8 lowering runs ``module``'s ``__call__``: "dense", "conv" or None (run as is).
 
+    Supported: ``flax.linen.Dense``, ``flax.linen.Conv`` and :class:`jaxdl.nn.Conv` (MnistCNN's
+    convolutions) without feature groups or dilation, with ``"SAME"``/``"VALID"``/explicit padding.
+    """
     if isinstance(module, nn.Dense):
         return "dense"
-    if isinstance(module, _Conv3x3):
+    try:
+        from jaxdl.nn.conv import Conv as JaxdlConv
+    except ImportError:  # pragma: no cover (older jaxdl)
+        JaxdlConv = ()
+    if isinstance(module, JaxdlConv):
         return "conv"
-    if isinstance(module, nn.Conv) and type(module) is nn.Conv:
+    if type(module).__name__ == "_Conv3x3":  # MnistCNN's conv module before jaxdl.nn.Conv
+        return "conv"
+    if type(module) is nn.Conv:
+        ones = (1, None, (1,) * len(module.kernel_size))
         ok = (
             module.feature_group_count == 1
-            and module.kernel_dilation in (1, None, (1,) * len(module.kernel_size))
-            and module.input_dilation in (1, None, (1,) * len(module.kernel_size))
+            and module.kernel_dilation in ones
+            and module.input_dilation in ones
             and (not isinstance(module.padding, str) or module.padding in ("SAME", "VALID"))
         )
         return "conv" if ok else None

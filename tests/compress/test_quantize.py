@@ -154,3 +154,17 @@ def test_int8_dense_equals_integer_reference():
     acc = xq @ np.asarray(qk.values, np.int64)
     ref = acc * s_x * np.asarray(qk.scale) + np.asarray(variables["params"]["bias"])
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_flax_conv_strided_same_padding_matches_float():
+    import flax.linen as nn
+
+    model = nn.Conv(4, (3, 3), strides=2, padding="SAME")
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 9, 9, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    q = {"params": compress.quantize(variables["params"])}
+    scales = compress.calibrate(model, variables, [x])
+    y8 = compress.int8_apply(model, q, scales, x)
+    yf = model.apply(variables, x)
+    assert y8.shape == yf.shape == (2, 5, 5, 4)
+    assert float(jnp.abs(y8 - yf).max() / jnp.abs(yf).max()) < 0.03

@@ -20,3 +20,8 @@ __all__ = ["data", "losses", "models", "nn", "optim", "train", "xla_flags", "__v
 from jaxdl import rl  # noqa: E402
 
 __all__ += ["rl"]
+
+# Compression (quantisation, pruning) and hyper-parameter tuning.
+from jaxdl import compress, tune  # noqa: E402
+
+__all__ += ["compress", "tune"]

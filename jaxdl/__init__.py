@@ -15,3 +15,8 @@ from jaxdl import data, losses, models, nn, optim, train  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["data", "losses", "models", "nn", "optim", "train", "xla_flags", "__version__"]
+
+# Diffusion models (issue 19): schedules, q_sample, DDPM/DDIM samplers, guidance.
+from jaxdl import diffusion  # noqa: E402
+
+__all__ += ["diffusion"]

@@ -78,3 +78,8 @@ __all__ += ["Forecaster", "SequenceClassifier"]
 from jaxdl.models.summary import ModelSummary, count_params, summary  # noqa: E402
 
 __all__ += ["ModelSummary", "count_params", "summary"]
+
+# Diffusion (issue 19): the U-Net noise predictor.
+from jaxdl.models.unet import UNet, timestep_embedding  # noqa: E402
+
+__all__ += ["UNet", "timestep_embedding"]

@@ -39,6 +39,7 @@ from jaxdl import data, diffusion, models, optim, xla_flags
 
 @dataclasses.dataclass
 class Config:
+    dataset: str = "digits"  # or "mnist_5k" (28x28; use --channel_mults 1,2,2)
     schedules: tuple[str, ...] = ("linear", "cosine")
     num_train_steps: int = 1000  # T, the diffusion length
     channels: int = 16
@@ -80,7 +81,7 @@ class DigitsCNN(nn.Module):
 
 
 def train_classifier(x, y, xt, yt, steps: int, seed: int):
-    model = DigitsCNN()
+    model = DigitsCNN() if x.shape[1] == 8 else models.MnistCNN()
     params = model.init(jax.random.key(seed), x[:1])
     opt = optim.adam(1e-3)
     state = opt.init(params)
@@ -101,7 +102,17 @@ def train_classifier(x, y, xt, yt, steps: int, seed: int):
         params, state, _ = step(params, state, x[idx], y[idx])
     logits = jax.jit(model.apply)(params, xt)
     acc = float(jnp.mean(jnp.argmax(logits, -1) == yt))
-    feats = jax.jit(lambda p, x: model.apply(p, x, features=True))
+    if isinstance(model, DigitsCNN):
+        feats = jax.jit(lambda p, x: model.apply(p, x, features=True))
+    else:  # MnistCNN: its 128-d hidden layer, the first Dense's output after the ReLU
+
+        def _feats(p, x):
+            _, state = model.apply(
+                p, x, capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Dense)
+            )
+            return nn.relu(state["intermediates"]["Dense_0"]["__call__"][0])
+
+        feats = jax.jit(_feats)
     predict = jax.jit(lambda p, x: jnp.argmax(model.apply(p, x), -1))
     return (
         (lambda x: np.asarray(feats(params, x), np.float64)),
@@ -158,7 +169,7 @@ def save_grid(images: np.ndarray, path: str, title: str, ncol: int = 10) -> None
     n = min(len(images), 100)
     nrow = math.ceil(n / ncol)
     h, w = images.shape[1:3]
-    grid = np.ones((nrow * (h + 1), ncol * (w + 1)))
+    grid = np.zeros((nrow * (h + 1), ncol * (w + 1)))  # white gaps under gray_r
     for i in range(n):
         r, c = divmod(i, ncol)
         grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i, ..., 0]
@@ -173,8 +184,9 @@ def train_one(sched_name: str, c: Config, x_train, y_train, evaluate, workdir: s
     sched = make_schedule(sched_name, c.num_train_steps)
     model = models.UNet(c.channels, c.channel_mults, attention=c.attention, num_classes=10)
     key = jax.random.key(c.seed)
+    hw = x_train.shape[1:]
     params = jax.jit(model.init)(
-        key, jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32), jnp.zeros((2,), jnp.int32)
+        key, jnp.zeros((2, *hw)), jnp.zeros((2,), jnp.int32), jnp.zeros((2,), jnp.int32)
     )
     n_params = sum(p.size for p in jax.tree.leaves(params))
     opt = optim.chain(optim.clip_by_global_norm(c.clip_norm), optim.adam(c.learning_rate))
@@ -198,7 +210,7 @@ def train_one(sched_name: str, c: Config, x_train, y_train, evaluate, workdir: s
         donate_argnums=(0, 1, 2),
         compiler_options=xla_flags.train_step_compiler_options(),
     )
-    ddim, ddpm = make_samplers(model, sched, (c.n_eval, 8, 8, 1))
+    ddim, ddpm = make_samplers(model, sched, (c.n_eval, *hw))
     rng = np.random.default_rng(c.seed)
     sample_key = jax.random.key(c.seed + 1000)
     history, curve = [], []
@@ -273,8 +285,8 @@ def train_one(sched_name: str, c: Config, x_train, y_train, evaluate, workdir: s
 def train_and_evaluate(config: Config, workdir: str) -> dict:
     c = config
     os.makedirs(workdir, exist_ok=True)
-    x_train, y_train = data.load("digits", "train")
-    x_test, y_test = data.load("digits", "test")
+    x_train, y_train = data.load(c.dataset, "train")
+    x_test, y_test = data.load(c.dataset, "test")
     classify_feats, classify, clf_acc = train_classifier(
         x_train, y_train, x_test, y_test, c.classifier_steps, c.seed
     )

@@ -83,7 +83,7 @@ def run_torch(args, workdir: str) -> dict:
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     p = {k: torch.from_numpy(v) for k, v in np.load(os.path.join(workdir, "params.npz")).items()}
     ref = np.load(os.path.join(workdir, "jax_out.npz"))
 
@@ -203,6 +203,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--torch_threads", type=int, default=0, help="0: one per core")
     ap.add_argument("--out", default=None, help="write the JSON here too")
     ap.add_argument("--framework", choices=["jax", "torch"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
@@ -213,11 +214,12 @@ def main() -> None:
         return
     results = {"unet": UNET, "image": [28, 28, 1], "batch": args.batch, "ddim_steps": args.steps}
     results["reps"] = args.reps
+    results["torch_threads_requested"] = args.torch_threads
     with tempfile.TemporaryDirectory() as wd:
         for fw in ("jax", "torch"):
             cmd = [sys.executable, "-m", "experiments.benchmarks.ddim_sampling", "--framework", fw]
             cmd += ["--workdir", wd, "--batch", str(args.batch), "--steps", str(args.steps)]
-            cmd += ["--reps", str(args.reps)]
+            cmd += ["--reps", str(args.reps), "--torch_threads", str(args.torch_threads)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             r["median_s"] = float(np.median(r["times"]))

@@ -51,17 +51,17 @@ def test_unet_class_embedding_changes_output_and_defaults_to_null():
     model = models.UNet(channels=8, channel_mults=(1, 2), num_classes=3)
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
     t = jnp.asarray([1, 2])
-    params = model.init(jax.random.key(1), x, t, jnp.asarray([0, 1]))
-    # perturb every weight so the zero-initialised layers pass signal
+    # random weights of the right shapes: init's own compile is the slow part on CPU, and its
+    # zero-initialised layers would hide the class embedding's effect
+    shapes = jax.eval_shape(model.init, jax.random.key(1), x, t, jnp.asarray([0, 1]))
     rng = np.random.default_rng(0)
-    params = jax.tree.map(
-        lambda p: np.asarray(p) + 0.1 * rng.standard_normal(p.shape, np.float32), params
-    )
-    a = model.apply(params, x, t, jnp.asarray([0, 0]))
-    b = model.apply(params, x, t, jnp.asarray([1, 1]))
+    params = jax.tree.map(lambda p: 0.3 * rng.standard_normal(p.shape, np.float32), shapes)
+    apply = jax.jit(model.apply)
+    a = apply(params, x, t, jnp.asarray([0, 0]))
+    b = apply(params, x, t, jnp.asarray([1, 1]))
     assert float(jnp.abs(a - b).max()) > 1e-4
     chex.assert_trees_all_close(
-        model.apply(params, x, t), model.apply(params, x, t, jnp.asarray([3, 3]))
+        jax.jit(model.apply)(params, x, t), apply(params, x, t, jnp.asarray([3, 3]))
     )
     assert model.null_label == 3
     assert params["params"]["Embed_0"]["embedding"].shape == (4, 32)

@@ -236,9 +236,7 @@ def train_one(sched_name: str, c: Config, x_train, y_train, evaluate, workdir: s
             imgs = to_images(ddim(ema, sample_key))
             fd = evaluate(imgs)["fd"]
             curve.append({"step": i, "fd_ddim50": fd})
-            tqdm.write(
-                f"{sched_name} step {i}: loss {history[-1]['loss']:.4f}  FD(DDIM-50) {fd:.2f}"
-            )
+            tqdm.write(f"{sched_name} step {i}: loss {float(loss):.4f}  FD(DDIM-50) {fd:.2f}")
             save_grid(imgs, os.path.join(workdir, f"{sched_name}_samples_step{i}.png"), f"step {i}")
     train_time = time.time() - t_start
 

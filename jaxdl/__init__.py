@@ -25,3 +25,8 @@ __all__ += ["rl"]
 from jaxdl import compress, tune  # noqa: E402
 
 __all__ += ["compress", "tune"]
+
+# Diffusion models (issue 19): schedules, q_sample, DDPM/DDIM samplers, guidance.
+from jaxdl import diffusion  # noqa: E402
+
+__all__ += ["diffusion"]

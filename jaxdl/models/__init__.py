@@ -83,3 +83,8 @@ __all__ += ["ModelSummary", "count_params", "summary"]
 from jaxdl.models.gnn import GAT, GCN, GraphClassifier  # noqa: E402
 
 __all__ += ["GAT", "GCN", "GraphClassifier"]
+
+# Diffusion (issue 19): the U-Net noise predictor.
+from jaxdl.models.unet import UNet, timestep_embedding  # noqa: E402
+
+__all__ += ["UNet", "timestep_embedding"]

@@ -78,3 +78,12 @@ __all__ += ["Forecaster", "SequenceClassifier"]
 from jaxdl.models.summary import ModelSummary, count_params, summary  # noqa: E402
 
 __all__ += ["ModelSummary", "count_params", "summary"]
+
+# torchvision weights (issue 24): from_torchvision converts a state_dict to jaxdl variables.
+from jaxdl.models.torchvision import (  # noqa: E402
+    TORCHVISION_NAMES,
+    from_torchvision,
+    torchvision_model,
+)
+
+__all__ += ["TORCHVISION_NAMES", "from_torchvision", "torchvision_model"]

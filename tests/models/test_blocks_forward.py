@@ -4,7 +4,8 @@ Each jaxdl block runs in inference mode with random weights and random BatchNorm
 against a PyTorch module written here, in torchvision's structure, holding the same weights.
 These catch what parameter counts cannot: ResNet's last ReLU moved before the residual add, the
 stride on the wrong conv of a bottleneck, an inverted squeeze-and-excitation gate
-(``1 - sigmoid``), a transition that pools before its conv.
+(``1 - sigmoid``), a transition that pools before its BN-ReLU (each of these was made on purpose
+and seen to fail these tests).
 """
 
 import functools

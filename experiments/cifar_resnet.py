@@ -29,9 +29,8 @@ import time
 import jax
 import numpy as np
 
-from experiments.common import new_figure, parse_config, save_figure, save_json
+from experiments.common import distributed_main, loss_scale_metrics, plot_history, save_json
 from jaxdl import data, models, optim, train
-from jaxdl.train import parallel, precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,28 +124,14 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
         "examples_per_second": float(per_epoch / np.median(steady)) if len(steady) else None,
         "first_epoch_seconds": timer.times[0],
     }
-    scaling = precision.current_loss_scale(history.state.opt_state)
-    if scaling is not None:
-        metrics["loss_scale"] = float(scaling.scale)
-        metrics["skipped_steps"] = int(scaling.skipped)
+    metrics.update(loss_scale_metrics(history.history))
     if jax.process_index() == 0:
         save_json(metrics, os.path.join(workdir, "metrics.json"))
-        fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(10, 4))
-        epochs = range(1, len(history.history["loss"]) + 1)
-        ax_loss.plot(epochs, history.history["loss"], marker="o", label="train")
-        ax_loss.plot(epochs, history.history["val_loss"], marker="o", label="test")
-        ax_acc.plot(epochs, history.history["accuracy"], marker="o", label="train")
-        ax_acc.plot(epochs, history.history["val_accuracy"], marker="o", label="test")
-        for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.suptitle(
+        title = (
             f"ResNet-{config.depth} on {config.dataset}: {metrics['devices']} device(s), "
             f"{config.precision}"
         )
-        save_figure(fig, os.path.join(workdir, "curves.png"))
+        plot_history(history.history, os.path.join(workdir, "curves.png"), title, "test")
     if verbose:
         print(
             f"test accuracy {test['accuracy']:.4f} on {metrics['devices']} device(s) in "
@@ -157,11 +142,7 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, workdir = parse_config(get_config(), argv, description=__doc__.splitlines()[0])
-    parallel.initialize_distributed(
-        config.coordinator_address, config.num_processes, config.process_id
-    )
-    train_and_evaluate(config, workdir, verbose=jax.process_index() == 0)
+    distributed_main(get_config, train_and_evaluate, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

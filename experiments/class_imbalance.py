@@ -37,7 +37,13 @@ import jax
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
-from experiments.common import new_figure, parse_config, save_figure, save_json
+from experiments.common import (
+    new_figure,
+    parse_config,
+    save_figure,
+    save_json,
+    summarize_over_seeds,
+)
 from jaxdl import data, losses, models, optim, train
 
 
@@ -162,11 +168,9 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
         for v in config.variants
     ]
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "minority_recall", "majority_recall")
-    summary = {}
+    summary = summarize_over_seeds(runs, config.variants, keys, std_keys=keys)
     for v in config.variants:
         rs = [r for r in runs if r["variant"] == v]
-        summary[v] = {k: float(np.mean([r[k] for r in rs])) for k in keys}
-        summary[v].update({f"{k}_std": float(np.std([r[k] for r in rs])) for k in keys})
         summary[v]["per_class_recall"] = np.mean([r["per_class_recall"] for r in rs], 0).tolist()
     metrics = {
         "config": config,

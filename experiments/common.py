@@ -102,3 +102,75 @@ def save_figure(fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tails the training scripts share: summaries over seeds, curves, the loss scale, main().
+
+
+def summarize_over_seeds(
+    runs: Sequence[dict], variants: Sequence[str], keys: Sequence[str], std_keys: Sequence[str] = ()
+) -> dict[str, dict[str, float]]:
+    """Per variant, the mean over its runs (one per seed) of each of ``keys``, and the standard
+    deviation (``<key>_std``) of each of ``std_keys``."""
+    summary = {}
+    for v in variants:
+        rs = [r for r in runs if r["variant"] == v]
+        summary[v] = {k: float(np.mean([r[k] for r in rs])) for k in keys}
+        summary[v].update({f"{k}_std": float(np.std([r[k] for r in rs])) for k in std_keys})
+    return summary
+
+
+def plot_history(
+    history: dict[str, list[float]],
+    path: str,
+    title: str,
+    val_label: str = "validation",
+    log_loss: bool = False,
+) -> None:
+    """Loss and accuracy per epoch, train and (when ``val_*`` is in ``history``) validation."""
+    fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(10, 4))
+    epochs = range(1, len(history["loss"]) + 1)
+    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+        ax.plot(epochs, history[key], marker="o", label="train")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], marker="o", label=val_label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if log_loss:
+        ax_loss.set_yscale("log")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def loss_scale_metrics(history: dict[str, list[float]]) -> dict[str, float | int]:
+    """float16 training: where the dynamic loss scale ended and how many steps it skipped, from
+    ``fit``'s per-epoch logs (empty for other precisions)."""
+    if "loss_scale" not in history:
+        return {}
+    return {
+        "loss_scale": history["loss_scale"][-1],
+        "skipped_steps": int(history["skipped_steps"][-1]),
+    }
+
+
+def distributed_main(
+    get_config: Callable[[], Any],
+    train_and_evaluate: Callable[..., Any],
+    description: str,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """``main`` of a script that may run on several processes: parse the flags, start
+    ``jax.distributed`` from the config's ``coordinator_address``, ``num_processes`` and
+    ``process_id``, train, and print only on process 0."""
+    import jax
+
+    from jaxdl.train import parallel
+
+    config, workdir = parse_config(get_config(), argv, description=description)
+    parallel.initialize_distributed(
+        config.coordinator_address, config.num_processes, config.process_id
+    )
+    train_and_evaluate(config, workdir, verbose=jax.process_index() == 0)

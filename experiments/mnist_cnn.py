@@ -32,9 +32,8 @@ import time
 
 import jax
 
-from experiments.common import new_figure, parse_config, save_figure, save_json
+from experiments.common import distributed_main, loss_scale_metrics, plot_history, save_json
 from jaxdl import data, models, train
-from jaxdl.train import parallel, precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,22 +58,6 @@ def get_config() -> Config:
     return Config()
 
 
-def plot_curves(history: dict[str, list[float]], path: str) -> None:
-    fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(10, 4))
-    epochs = range(1, len(history["loss"]) + 1)
-    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
-        ax.plot(epochs, history[key], marker="o", label="train")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], marker="o", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    ax_loss.set_yscale("log")
-    fig.suptitle("MnistCNN")
-    save_figure(fig, path)
-
-
 def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> dict:
     """Train, evaluate on the test split, and write metrics, plot and checkpoints to ``workdir``."""
     os.makedirs(workdir, exist_ok=True)
@@ -90,6 +73,7 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
         train.EarlyStopping(patience=config.early_stopping_patience, restore_best_weights=True),
         train.ModelCheckpoint(save_best_only=True),
         train.ReduceLROnPlateau(factor=config.reduce_lr_factor, patience=config.reduce_lr_patience),
+        train.TensorBoard(),  # <workdir>/tensorboard: `tensorboard --logdir <workdir>/tensorboard`
     ]
     start = time.perf_counter()
     history = train.fit(
@@ -118,14 +102,9 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
         "train_seconds": train_seconds,
         "devices": len(jax.tree.leaves(history.state.params)[0].sharding.device_set),
     }
-    scaling = precision.current_loss_scale(history.state.opt_state)
-    if (
-        scaling is not None
-    ):  # float16: where the dynamic loss scale ended, how many steps it skipped
-        metrics["loss_scale"] = float(scaling.scale)
-        metrics["skipped_steps"] = int(scaling.skipped)
+    metrics.update(loss_scale_metrics(history.history))
     save_json(metrics, os.path.join(workdir, "metrics.json"))
-    plot_curves(history.history, os.path.join(workdir, "curves.png"))
+    plot_history(history.history, os.path.join(workdir, "curves.png"), "MnistCNN", log_loss=True)
     if verbose:
         print(
             f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) on {len(x_test)} "
@@ -135,11 +114,7 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, workdir = parse_config(get_config(), argv, description=__doc__.splitlines()[0])
-    parallel.initialize_distributed(
-        config.coordinator_address, config.num_processes, config.process_id
-    )
-    train_and_evaluate(config, workdir, verbose=jax.process_index() == 0)
+    distributed_main(get_config, train_and_evaluate, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

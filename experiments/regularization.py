@@ -30,7 +30,13 @@ import time
 
 import numpy as np
 
-from experiments.common import new_figure, parse_config, save_figure, save_json
+from experiments.common import (
+    new_figure,
+    parse_config,
+    save_figure,
+    save_json,
+    summarize_over_seeds,
+)
 from jaxdl import data, losses, models, optim, train
 from jaxdl.data import augment
 
@@ -161,14 +167,8 @@ def train_and_evaluate(config: Config, workdir: str, verbose: bool = True) -> di
     for seed in config.seeds:
         for variant in config.variants:
             runs.append(run_variant(variant, config, seed, splits, verbose))
-    summary = {}
-    for variant in config.variants:
-        rs = [r for r in runs if r["variant"] == variant]
-        summary[variant] = {
-            k: float(np.mean([r[k] for r in rs]))
-            for k in ("train_accuracy", "test_accuracy", "test_loss", "gap", "epochs_run")
-        }
-        summary[variant]["test_accuracy_std"] = float(np.std([r["test_accuracy"] for r in rs]))
+    keys = ("train_accuracy", "test_accuracy", "test_loss", "gap", "epochs_run")
+    summary = summarize_over_seeds(runs, config.variants, keys, std_keys=("test_accuracy",))
     metrics = {
         "config": config,
         "train_examples": len(splits["train"][0]),

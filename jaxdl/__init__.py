@@ -15,3 +15,8 @@ from jaxdl import data, losses, models, nn, optim, train  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["data", "losses", "models", "nn", "optim", "train", "xla_flags", "__version__"]
+
+# Reinforcement learning on the device (environments, agents, saved policies).
+from jaxdl import rl  # noqa: E402
+
+__all__ += ["rl"]

@@ -5,14 +5,16 @@ changed, so the difference between two rows is what that change buys:
 
 - ``flax``: ``flax.linen.max_pool`` (``reduce_window``) and ``lax.conv_general_dilated``, as stock
   flax writes the model;
-- ``reshape_pool``: the 2x2 pool as a reshape and a max (:func:`jaxdl.nn.max_pool`);
+- ``reshape_pool``: the 2x2 pool as a reshape and a max (:func:`jaxdl.nn.max_pool`,
+  ``impl="reshape"``);
 - ``patches_autodiff``: plus the convolutions as patches and one matmul, differentiated by JAX;
 - ``patches_vjp``: the hand-written backward instead (:func:`jaxdl.nn.patches_conv`): the kernel
   gradient as one matmul of the patches, the input gradient as a matmul and its col2im;
 - ``lax_fwd_matmul_dw``: ``patches_conv(forward="lax")``: lax's forward convolution and input
   gradient, the kernel gradient as the patches matmul;
-- ``pool_vjp``: lax convolutions with MnistCNN's training pool (four-slice forward, one-pass
-  backward); ``pool_vjp+matmul_dw0``: plus the patches kernel gradient on the first layer only;
+- ``pool_vjp``: lax convolutions with MnistCNN's training pool (``max_pool(impl="slices")``:
+  four-slice forward, one-pass backward); ``pool_vjp+matmul_dw0``: plus the patches kernel
+  gradient on the first layer only;
 - ``pool_vjp+matmul_dw``: both layers (what ``MnistCNN`` ran before the lowerings below);
 - ``direct0``: plus the first layer's forward pass as 9 broadcast multiply-adds
   (``patches_conv(forward="direct")``);
@@ -35,6 +37,7 @@ in machine load hits all of them alike; the median and the min over rounds are r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -50,9 +53,12 @@ from jax import lax
 from experiments.common import parse_config, save_json
 from jaxdl import losses, models, xla_flags
 from jaxdl import nn as jaxdl_nn
-from jaxdl.models import cnn as cnn_module
 from jaxdl.nn.conv import _conv_patches_slices, patches_conv
-from jaxdl.nn.pooling import max_pool
+from jaxdl.nn.pooling import max_pool as _max_pool
+
+max_pool = functools.partial(_max_pool, impl="reshape")  # change 1
+# MnistCNN's training pool: four strided slices, one-pass backward (change 3)
+pool_train = functools.partial(_max_pool, impl="slices")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +105,12 @@ VARIANTS: dict[str, tuple[Callable, Callable, Callable]] = {
     "patches_autodiff": (_patches_autodiff, _patches_autodiff, max_pool),
     "patches_vjp": (patches_conv, patches_conv, max_pool),
     "lax_fwd_matmul_dw": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, max_pool),
-    "pool_vjp": (_lax_conv, _lax_conv, cnn_module._pool_train),
-    "pool_vjp+matmul_dw0": (_lax_fwd_matmul_dw, _lax_conv, cnn_module._pool_train),
-    "pool_vjp+matmul_dw": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, cnn_module._pool_train),
-    "direct0": (_direct, _lax_fwd_matmul_dw, cnn_module._pool_train),
-    "direct0+lax1": (_direct, _lax_conv, cnn_module._pool_train),
-    "mnistcnn": (_direct, _lax_conv, cnn_module._pool_train),  # + bias_add (below)
+    "pool_vjp": (_lax_conv, _lax_conv, pool_train),
+    "pool_vjp+matmul_dw0": (_lax_fwd_matmul_dw, _lax_conv, pool_train),
+    "pool_vjp+matmul_dw": (_lax_fwd_matmul_dw, _lax_fwd_matmul_dw, pool_train),
+    "direct0": (_direct, _lax_fwd_matmul_dw, pool_train),
+    "direct0+lax1": (_direct, _lax_conv, pool_train),
+    "mnistcnn": (_direct, _lax_conv, pool_train),  # + bias_add (below)
 }
 # variants whose conv biases go through jaxdl.nn.bias_add (gradient as a GEMV)
 GEMV_BIAS = ("mnistcnn",)

@@ -10,9 +10,11 @@ loop, and the whole thing runs inside the jitted train step:
 Output shapes equal input shapes (padding-then-cropping, rotations and cutouts never resize), so
 ``jit`` compiles the step once.
 
-:func:`mixup` also mixes the labels, so its signature is ``(key, x, y) -> (x, y_soft)``;
-``fit(..., augment=augment.mixup(0.2, num_classes=10))`` recognises that form and hands the soft
-labels to the loss (:func:`jaxdl.losses.cross_entropy` accepts ``(N, K)`` targets).
+:func:`mixup` also mixes the labels, so its signature is ``(key, x, y) -> (x, y_soft)`` and it
+is declared so with :func:`label_mixing` (its ``mixes_labels`` attribute); ``fit(...,
+augment=augment.mixup(0.2, num_classes=10))`` reads that declaration -- never the arity -- and
+hands the soft labels to the loss (:func:`jaxdl.losses.cross_entropy` accepts ``(N, K)``
+targets). :func:`compose` accepts both kinds in one list.
 
 Augmentation encodes a prior: the label is invariant to the transform (a digit shifted by two
 pixels is the same digit). Choose transforms that respect that -- a horizontal flip turns some
@@ -184,6 +186,15 @@ def cutout(size: int = 8, fill: float = 0.0, p: float = 1.0) -> Augment:
     return _per_example("cutout", cut)
 
 
+def label_mixing(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Declare ``fn(key, x, y) -> (x, y_soft)`` a label-mixing augmentation (sets
+    ``fn.mixes_labels = True``), so ``fit`` and :func:`compose` pass it the labels."""
+    if not callable(fn):
+        raise ValueError(f"label_mixing: fn must be callable, got {fn!r}")
+    fn.mixes_labels = True
+    return fn
+
+
 def mixup(
     alpha: float = 0.2, num_classes: int | None = None
 ) -> Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
@@ -222,22 +233,41 @@ def mixup(
         y_mix = lam[:, None] * y + (1.0 - lam[:, None]) * y[perm]
         return x_mix, y_mix
 
-    return mix
+    return label_mixing(mix)
 
 
 def compose(augments: Sequence[Augment]) -> Augment:
-    """Apply ``augments`` in order, each with its own key folded from ``key``."""
+    """Apply ``augments`` in order, each with its own key folded from ``key``.
+
+    If any of them mixes labels (:func:`label_mixing`, e.g. :func:`mixup`), the composition is
+    itself label-mixing, ``(key, x, y) -> (x, y_soft)``: plain transforms change ``x`` only, and
+    each label-mixing one receives the current ``(x, y)``.
+    """
     augments = tuple(augments)
     for a in augments:
         if not callable(a):
             raise ValueError(f"compose: every augmentation must be callable, got {a!r}")
+    mixing = [getattr(a, "mixes_labels", False) for a in augments]
 
-    def composed(key: jax.Array, x: jax.Array) -> jax.Array:
-        for i, a in enumerate(augments):
-            x = a(jax.random.fold_in(key, i), x)
-        return x
+    if not any(mixing):
 
-    return composed
+        def composed(key: jax.Array, x: jax.Array) -> jax.Array:
+            for i, a in enumerate(augments):
+                x = a(jax.random.fold_in(key, i), x)
+            return x
+
+        return composed
+
+    def composed_mixing(key: jax.Array, x: jax.Array, y: jax.Array):
+        for i, (a, mixes) in enumerate(zip(augments, mixing, strict=True)):
+            k = jax.random.fold_in(key, i)
+            if mixes:
+                x, y = a(k, x, y)
+            else:
+                x = a(k, x)
+        return x, y
+
+    return label_mixing(composed_mixing)
 
 
 def identity() -> Augment:

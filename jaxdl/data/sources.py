@@ -15,11 +15,11 @@ class-sorted order (``floor(k * n / m)``, ``k = 0..m-1``), so every class keeps 
 within one example. ``validation_split=f`` carves a validation set out of the training split the
 same way (seed 1), leaving the test set untouched.
 
-Order: each split keeps the examples in the order of the source file, and ``mnist_5k``'s file is
-grouped by class (all 0s, then all 1s, ...). Training through :func:`iterate_batches` or
-:func:`jaxdl.train.fit` shuffles every epoch; to take a smaller subset, index with a random
-permutation (``x[np.random.default_rng(0).permutation(len(x))[:n]]``), never a leading slice,
-which would hold one or two classes only.
+Order: each split is stored in one fixed shuffled order (a permutation drawn from
+``np.random.default_rng(2)``, the same on every machine), not in the order of the source file --
+``mnist_5k``'s file is grouped by class (all 0s, then all 1s, ...). So a leading slice
+``x[:n]`` is a random sample of the split with every class present in about its proportion, and
+training through :func:`iterate_batches` or :func:`jaxdl.train.fit` still shuffles every epoch.
 
 Full sets (``mnist``, ``fashion_mnist``, ``cifar10``) come through ``tfds.data_source``. When they
 are not already prepared and the network is unreachable the call fails at once with a
@@ -75,21 +75,26 @@ def _read_offline(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _split_offline(name: str, split: str, validation_split: float):
     x, y = _read_offline(name)
+    idx = _split_indices(y, name, split, validation_split)
+    idx = idx[np.random.default_rng(2).permutation(len(idx))]  # one fixed shuffled order
+    return x[idx], y[idx]
+
+
+def _split_indices(y: np.ndarray, name: str, split: str, validation_split: float) -> np.ndarray:
+    """The (sorted) source-file positions of a split: stratified, see the module docstring."""
     test_idx = _stratified_take(y, _TEST_SIZE[name], seed=0)
     if split == "test":
-        return x[test_idx], y[test_idx]
+        return test_idx
     train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
     m = int(round(validation_split * len(train_idx)))
     if m == 0:
         if split == "validation":
             raise ValueError("split='validation' needs validation_split > 0 (a fraction of train)")
-        return x[train_idx], y[train_idx]
+        return train_idx
     val_pos = _stratified_take(y[train_idx], m, seed=1)
     if split == "validation":
-        idx = train_idx[val_pos]
-    else:
-        idx = np.delete(train_idx, val_pos)
-    return x[idx], y[idx]
+        return train_idx[val_pos]
+    return np.delete(train_idx, val_pos)
 
 
 def _network_available(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0):

@@ -79,6 +79,11 @@ from jaxdl.models.summary import ModelSummary, count_params, summary  # noqa: E4
 
 __all__ += ["ModelSummary", "count_params", "summary"]
 
+# Graph neural networks (issue 18): GCN/GAT node classifiers, GIN/GCN graph classifier.
+from jaxdl.models.gnn import GAT, GCN, GraphClassifier  # noqa: E402
+
+__all__ += ["GAT", "GCN", "GraphClassifier"]
+
 # torchvision weights (issue 24): from_torchvision converts a state_dict to jaxdl variables.
 from jaxdl.models.torchvision import (  # noqa: E402
     TORCHVISION_NAMES,

@@ -97,6 +97,15 @@ def _subtree(tree: Any, path: Sequence[str]) -> Any:
     return tree
 
 
+def _shown_output(module: nn.Module, out: Any) -> Any:
+    """What a row shows: the output, except that a recurrent cell's ``(carry, y)`` (and an RNN's,
+    with ``return_carry=True``) shows ``y`` -- the output people read a summary for."""
+    carries = hasattr(module, "initialize_carry") or hasattr(module, "return_carry")
+    if carries and isinstance(out, tuple) and len(out) == 2:
+        return out[1]
+    return out
+
+
 def summary(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -137,7 +146,7 @@ def summary(
         entry = [tuple(module.path), type(module).__name__, None]
         calls.append(entry)  # appended before the children run: parents come first
         out = next_fun(*args, **kwargs)
-        entry[2] = jax.tree.map(lambda a: tuple(a.shape), out)
+        entry[2] = jax.tree.map(lambda a: tuple(a.shape), _shown_output(module, out))
         return out
 
     def init(rng, x):

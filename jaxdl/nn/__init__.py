@@ -34,3 +34,43 @@ __all__ += ["initializers"]
 from jaxdl.nn.conv import conv_general_dilated, conv_patches, patches_conv  # noqa: E402
 
 __all__ += ["conv_general_dilated", "conv_patches", "patches_conv"]
+
+from jaxdl.nn.conv import Conv  # noqa: E402
+
+__all__ += ["Conv"]
+
+# Graph neural networks (issue 18): message-passing layers, pooling, padded graph batches.
+from jaxdl.nn.graph import (  # noqa: E402
+    GATConv,
+    GCNConv,
+    GINConv,
+    GraphBatch,
+    batch_graphs,
+    pad_graph_batch,
+    pool_graphs,
+    segment_max,
+    segment_mean,
+    segment_softmax,
+    segment_sum,
+)
+
+__all__ += [
+    "GATConv",
+    "GCNConv",
+    "GINConv",
+    "GraphBatch",
+    "batch_graphs",
+    "pad_graph_batch",
+    "pool_graphs",
+    "segment_max",
+    "segment_mean",
+    "segment_softmax",
+    "segment_sum",
+]
+
+from jaxdl.nn.feedback_alignment import (  # noqa: E402
+    FeedbackAlignmentDense,
+    feedback_alignment_dense,
+)
+
+__all__ += ["FeedbackAlignmentDense", "feedback_alignment_dense"]

@@ -43,21 +43,29 @@ GEMM with an inner dimension of 9 is all overhead.
 
 The kernel gradient is the patch GEMM either way. :class:`jaxdl.models.MnistCNN` uses
 ``forward="direct"`` on its first layer in training (``docs/performance.md``).
+
+:class:`Conv` is the layer: ``flax.linen.Conv``'s parameters (``kernel (*window, C, F)``,
+``bias (F,)``) with the lowering named by ``impl`` and the bias added by
+:func:`jaxdl.nn.bias_add` (its gradient a GEMV).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as fnn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.dtypes import promote_dtype
 from jax import lax
 
-__all__ = ["conv_general_dilated", "conv_patches", "patches_conv"]
+from jaxdl.nn.bias import bias_add
+
+__all__ = ["CONV_IMPLS", "Conv", "conv_general_dilated", "conv_patches", "patches_conv"]
 
 FORWARDS = ("patches", "lax", "direct")
 # forward="direct" unrolls prod(window) * C multiply-adds into the graph: meant for a few channels.
@@ -337,3 +345,83 @@ def conv_general_dilated(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
+
+
+CONV_IMPLS = ("xla", *FORWARDS)
+
+
+def conv_lowering(impl: str) -> Callable[..., jax.Array]:
+    """The ``conv_general_dilated`` that :class:`Conv` runs for ``impl``: ``"xla"`` is
+    :func:`jax.lax.conv_general_dilated` with XLA's own gradients; ``"patches"``, ``"lax"`` and
+    ``"direct"`` are :func:`conv_general_dilated` with that ``forward`` (the kernel gradient as
+    the patch GEMM)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"Conv: impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if impl == "xla":
+        return lax.conv_general_dilated
+    return functools.partial(conv_general_dilated, forward=impl)
+
+
+class Conv(fnn.Module):
+    """A channels-last convolution layer with an explicit lowering.
+
+    ``y[b, o, f] = sum_{delta, c} x_pad[b, s * o + delta, c] * kernel[delta, c, f] + bias[f]``,
+    the same function and parameters as ``flax.linen.Conv(features, kernel_size, strides,
+    padding)`` (``kernel (*kernel_size, C, F)``, ``bias (F,)``; Glorot-uniform kernels and zero
+    biases by default, Keras's ``Conv2D`` defaults), so variables move between the two unchanged.
+
+    ``impl`` chooses how it runs (measurements in ``docs/performance.md``, XLA:CPU, compiled with
+    :func:`jaxdl.xla_flags.train_step_compiler_options`):
+
+    * ``"xla"`` (default): :func:`jax.lax.conv_general_dilated` and XLA's own gradients. The
+      fastest measured for layers with many input channels, and always at inference.
+    * ``"direct"``: ``prod(kernel_size) * C`` broadcast multiply-adds that XLA fuses with the bias,
+      activation and pool, kernel gradient as one patch GEMM: for a first layer on one or a few
+      channels (at most 64 terms), in training.
+    * ``"lax"``: lax's forward and input gradient, kernel gradient as the patch GEMM.
+    * ``"patches"``: im2col and one GEMM, forward and backward.
+
+    The bias is added by :func:`jaxdl.nn.bias_add` (the same sum; its gradient a GEMV instead of
+    XLA:CPU's slow column reduction).
+
+    Attributes:
+      features: output channels ``F``.
+      kernel_size: the window, one int per spatial axis.
+      strides: one int per spatial axis (default all ones).
+      padding: ``"VALID"``, ``"SAME"`` or ``(low, high)`` pairs.
+      use_bias: add ``bias (F,)``.
+      impl: ``"xla"``, ``"direct"``, ``"lax"`` or ``"patches"``.
+      dtype: computation dtype; ``param_dtype``: parameter dtype.
+    """
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] | None = None
+    padding: Padding = "VALID"
+    use_bias: bool = True
+    impl: str = "xla"
+    kernel_init: Callable[..., jax.Array] = fnn.initializers.glorot_uniform()
+    bias_init: Callable[..., jax.Array] = fnn.initializers.zeros_init()
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @fnn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n = len(self.kernel_size)
+        if x.ndim != n + 2:
+            raise ValueError(
+                f"Conv: x must be (N, *spatial, C) with rank {n + 2} for kernel_size "
+                f"{tuple(self.kernel_size)}, got shape {x.shape}"
+            )
+        lowering = conv_lowering(self.impl)
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        strides = (1,) * n if self.strides is None else tuple(self.strides)
+        lhs = "N" + "HWD"[:n] + "C" if n <= 3 else None
+        dn = (lhs, "HWD"[:n] + "IO", lhs) if lhs else _channels_last_dn(n)
+        y = lowering(x, kernel, strides, self.padding, dimension_numbers=dn)
+        return y if bias is None else bias_add(y, bias)

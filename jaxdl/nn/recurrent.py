@@ -158,7 +158,6 @@ class ElmanCell(_FusedCell):
     """
 
     activation: Callable[[Array], Array] = jnp.tanh
-    _gates: ClassVar[int] = 1
 
     @nn.nowrap
     def step(self, params: dict[str, Array], h: Array, xp: Array) -> tuple[Array, Array]:
@@ -245,7 +244,6 @@ class GRUCell(_FusedCell):
     """
 
     reset_after: bool = True
-    _gates: ClassVar[int] = 3
 
     def _param_shapes(self, in_features: int) -> dict[str, tuple[int, ...]]:
         h = self.features
@@ -452,6 +450,9 @@ def _default_batch_splits(batch: int) -> int:
     return 1
 
 
+RNN_IMPLS = ("auto", "scan", "lstm_layer")
+
+
 class RNN(nn.Module):
     """Run a cell over the time axis with one scan, as ``flax.linen.RNN``.
 
@@ -481,10 +482,18 @@ class RNN(nn.Module):
     small ``(B, in) @ (in, 4H)`` matmul it saves (docs/experiments/lstm_step.md). Both forms
     compute the same function.
 
-    An :class:`LSTMCell` without ``seq_lengths`` runs as :func:`lstm_layer` (its own backward
-    pass; hoisted by default, measured faster that way on CPU too), with the batch in
-    ``batch_splits`` independent scans (``None``: 4 on CPU when each gets at least 16 rows,
-    else 1).
+    ``impl`` chooses how a jaxdl cell is run, explicitly:
+
+    * ``"scan"``: ``lax.scan`` over the cell's own ``step`` (differentiated by JAX).
+    * ``"lstm_layer"``: :func:`lstm_layer`, the LSTM layer with its own backward pass (hoisted by
+      default, measured faster that way on CPU too), with the batch in ``batch_splits``
+      independent scans (``None``: 4 on CPU when each gets at least 16 rows, else 1). It computes
+      :class:`LSTMCell`'s formula, so it is accepted only for a cell that runs that formula: an
+      :class:`LSTMCell`, or a subclass that does not override ``step`` or ``project``; and only
+      without ``seq_lengths`` (it does not mask). Anything else raises ``ValueError``.
+    * ``"auto"`` (default): ``"lstm_layer"`` where it is accepted, else ``"scan"``. A subclass
+      of :class:`LSTMCell` that overrides ``step`` (a peephole, a layer norm) is therefore run
+      by its own ``step``, never silently by the plain LSTM's formula.
     """
 
     cell: nn.Module
@@ -495,6 +504,7 @@ class RNN(nn.Module):
     time_major: bool = False
     hoist_inputs: bool | None = None
     batch_splits: int | None = None
+    impl: str = "auto"
 
     def __call__(
         self,
@@ -514,6 +524,8 @@ class RNN(nn.Module):
         keep_order = self.keep_order if keep_order is None else keep_order
         if self.unroll < 1:
             raise ValueError(f"RNN: unroll must be >= 1, got {self.unroll}")
+        if self.impl not in RNN_IMPLS:
+            raise ValueError(f"RNN: impl must be one of {RNN_IMPLS}, got {self.impl!r}")
         if inputs.ndim != 3:
             layout = "(time, batch, features)" if time_major else "(batch, time, features)"
             raise ValueError(f"RNN: inputs must have rank 3, {layout}; got shape {inputs.shape}")
@@ -536,8 +548,13 @@ class RNN(nn.Module):
             valid = (jnp.arange(T)[:, None] < seq_lengths[None, :])[..., None]  # (T, B, 1)
 
         if all(hasattr(self.cell, a) for a in ("weights", "project", "step")):
-            carry, ys = self._scan_fused(x, carry, valid)
+            carry, ys = self._scan_fused(x, carry, valid, self._lstm_layer_applies(valid))
         else:
+            if self.impl == "lstm_layer":
+                raise ValueError(
+                    f"RNN: impl='lstm_layer' runs jaxdl's LSTMCell formula; got a "
+                    f"{type(self.cell).__name__}, use impl='scan' or 'auto'"
+                )
             carry, ys = self._scan_generic(x, carry, valid)
 
         if reverse and keep_order:
@@ -546,7 +563,23 @@ class RNN(nn.Module):
             ys = jnp.swapaxes(ys, 0, 1)  # (B, T, H)
         return (carry, ys) if return_carry else ys
 
-    def _scan_fused(self, x: Array, carry: Carry, valid: Array | None):
+    def _lstm_layer_applies(self, valid: Array | None) -> bool:
+        """Whether this run takes :func:`lstm_layer`: ``impl`` decides, checked against the cell."""
+        if self.impl == "scan":
+            return False
+        cls = type(self.cell)
+        why = None
+        if not issubclass(cls, LSTMCell):
+            why = f"it runs LSTMCell's formula, and the cell is a {cls.__name__}"
+        elif cls.step is not LSTMCell.step or cls.project is not LSTMCell.project:
+            why = f"{cls.__name__} overrides LSTMCell's step or project, which it would bypass"
+        elif valid is not None:
+            why = "it does not mask padded steps (seq_lengths given)"
+        if why is not None and self.impl == "lstm_layer":
+            raise ValueError(f"RNN: impl='lstm_layer' does not apply: {why}; use impl='scan'")
+        return why is None
+
+    def _scan_fused(self, x: Array, carry: Carry, valid: Array | None, use_lstm_layer: bool):
         cell = self.cell
         params = cell.weights(x.shape[-1])
         if cell.dtype is not None:
@@ -555,7 +588,7 @@ class RNN(nn.Module):
         dtype = jnp.result_type(x.dtype, params["w_h"].dtype)
         carry = jax.tree_util.tree_map(lambda c: c.astype(dtype), carry)
 
-        if valid is None and isinstance(cell, LSTMCell):  # the LSTM's own backward pass
+        if use_lstm_layer:  # the LSTM's own backward pass (checked in _lstm_layer_applies)
             splits = self.batch_splits
             if splits is None:
                 splits = _default_batch_splits(x.shape[1])

@@ -22,10 +22,12 @@ from jaxdl.optim.clipping import clip_by_global_norm, clip_by_value, global_norm
 from jaxdl.optim.hyperparams import (
     get_learning_rate,
     get_learning_rate_scale,
+    has_learning_rate_state,
+    injected_learning_rate,
     scale_learning_rate,
     set_learning_rate,
 )
-from jaxdl.optim.plateau import ReduceOnPlateauState, reduce_on_plateau
+from jaxdl.optim.plateau import ReduceOnPlateauState, is_improvement, reduce_on_plateau
 from jaxdl.optim.regularizers import (
     RegularizerState,
     add_decayed_weights,
@@ -83,6 +85,9 @@ __all__ = [
     "radam",
     "radam_rho",
     "reduce_on_plateau",
+    "is_improvement",
+    "has_learning_rate_state",
+    "injected_learning_rate",
     "rmsprop",
     "scale_by_adam",
     "scale_by_adamax",
@@ -96,3 +101,9 @@ __all__ = [
     "warmup_cosine_decay",
     "weight_decay_mask",
 ]
+
+# AMSGrad (appended; kept as its own block so merges with other optimizer work stay trivial).
+from jaxdl.optim.alias import amsgrad  # noqa: E402
+from jaxdl.optim.transforms import ScaleByAmsgradState, scale_by_amsgrad  # noqa: E402
+
+__all__ += ["ScaleByAmsgradState", "amsgrad", "scale_by_amsgrad"]

@@ -28,9 +28,23 @@ from jaxdl.optim.transforms import (
 )
 
 
-def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    r"""Plain stochastic gradient descent (Robbins & Monro 1951): :math:`θ_t = θ_{t-1} - η g_t`."""
-    return chain(scale_by_learning_rate(learning_rate))
+def sgd(
+    learning_rate: ScalarOrSchedule, momentum: float = 0.0, nesterov: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    r"""Stochastic gradient descent (Robbins & Monro 1951): :math:`θ_t = θ_{t-1} - η g_t`.
+
+    With ``momentum`` :math:`β > 0` it is the heavy ball of :func:`momentum` (``ema=False``):
+    :math:`v_t = βv_{t-1} + g_t`, :math:`θ_t = θ_{t-1} - η v_t` (Nesterov's form with
+    ``nesterov=True``), the signature of ``optax.sgd``, Keras's ``SGD`` and PyTorch's ``SGD``.
+    """
+    _checks.check_unit_interval("momentum", momentum)
+    if nesterov and _checks._concrete(momentum) == 0.0:
+        raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
+    if _checks._concrete(momentum) == 0.0:
+        return chain(scale_by_learning_rate(learning_rate))
+    return chain(
+        scale_by_momentum(momentum, nesterov=nesterov), scale_by_learning_rate(learning_rate)
+    )
 
 
 def momentum(
@@ -78,7 +92,8 @@ def rmsprop(
         scale_by_rms(decay, eps, eps_in_sqrt, centered, initial_scale, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     ]
-    if momentum > 0.0:
+    # A traced momentum (optax.inject_hyperparams) keeps the accumulator: at 0 it is the identity.
+    if _checks._concrete(momentum) != 0.0:
         parts.append(scale_by_momentum(momentum, nesterov=nesterov))
     return chain(*parts)
 
@@ -183,10 +198,40 @@ _ALIASES = {
 def get(name: str, learning_rate: ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformation:
     """Build an optimizer by name: ``get("adam", 1e-3, b2=0.99)`` is ``adam(1e-3, b2=0.99)``.
 
-    Names: ``sgd``, ``momentum``, ``rmsprop``, ``adam``, ``adamw``, ``adamax``, ``radam``
+    Names: ``sgd``, ``momentum``, ``rmsprop``, ``adam``, ``adamw``, ``adamax``, ``radam``, ``amsgrad``
     (case-insensitive).
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _ALIASES:
         raise ValueError(f"name must be one of {tuple(_ALIASES)}, got {name!r}")
     return _ALIASES[key](learning_rate, **kwargs)
+
+
+# AMSGrad, appended after the others (its import lives here so the block above stays untouched).
+from jaxdl.optim.transforms import scale_by_amsgrad  # noqa: E402
+
+
+def amsgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    eps_root: float = 0.0,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AMSGrad (Reddi et al. 2018) in PyTorch's form (``torch.optim.Adam(amsgrad=True)``):
+
+    .. math:: θ_t = θ_{t-1} - η\, \frac{\hat m_t}{\sqrt{v^{\max}_t/(1-β_2^t)} + ε}, \qquad
+              v^{\max}_t = \max(v^{\max}_{t-1}, v_t)
+
+    the running maximum taken over the raw second moment; see :func:`scale_by_amsgrad` for how
+    this differs from optax's and the paper's forms."""
+    return chain(
+        scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, nu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+_ALIASES["amsgrad"] = amsgrad

@@ -45,15 +45,46 @@ def _replace(opt_state: Any, fn) -> Any:
     return jax.tree.map(lambda x: fn(x) if is_lr(x) else x, opt_state, is_leaf=is_lr)
 
 
+def has_learning_rate_state(opt_state: Any) -> bool:
+    """Whether ``opt_state`` holds a :class:`ScaleByLearningRateState` (every jaxdl alias does)."""
+    return bool(_find(opt_state, ScaleByLearningRateState))
+
+
+def injected_learning_rate(opt_state: Any) -> float | None:
+    """The ``learning_rate`` of an ``optax.inject_hyperparams`` state inside ``opt_state``, or
+    ``None``. A numeric injected rate is the one the next update uses (it is what a user edits);
+    an injected *schedule* is stored as the value of the last update."""
+    has_hp = lambda n: hasattr(n, "hyperparams") and isinstance(n.hyperparams, dict)  # noqa: E731
+    for node in jax.tree.leaves(opt_state, is_leaf=has_hp):
+        if has_hp(node) and "learning_rate" in node.hyperparams:
+            return float(np.asarray(node.hyperparams["learning_rate"]))
+    return None
+
+
 def get_learning_rate(opt_state: Any) -> float:
-    """The learning rate the next update will use: schedule value x scale, times the ``scale`` of
-    any :func:`~jaxdl.optim.reduce_on_plateau` in the chain."""
+    """The learning rate the next update will use.
+
+    For jaxdl's optimizers: the schedule's value times the state's ``scale``; under
+    ``optax.inject_hyperparams`` the injected ``learning_rate`` (what the next update reads) times
+    any ``scale``; in both cases times the ``scale`` of any :func:`~jaxdl.optim.reduce_on_plateau`
+    in the chain.
+
+    Raises:
+      ValueError: the state reveals no learning rate.
+    """
     states = _find(opt_state, ScaleByLearningRateState)
-    if not states:
-        raise ValueError("opt_state holds no ScaleByLearningRateState")
-    lr = 1.0
-    for s in states:
-        lr *= float(np.asarray(s.learning_rate)) * float(np.asarray(s.scale))
+    injected = injected_learning_rate(opt_state)
+    if not states and injected is None:
+        raise ValueError(
+            "opt_state reveals no learning rate: build the optimizer with a jaxdl.optim alias, "
+            "scale_by_learning_rate, or optax.inject_hyperparams"
+        )
+    if injected is not None:  # the inner states' rates lag behind an edited injected value
+        lr = injected * float(np.prod([np.asarray(s.scale) for s in states]))
+    else:
+        lr = 1.0
+        for s in states:
+            lr *= float(np.asarray(s.learning_rate)) * float(np.asarray(s.scale))
     for s in _find(opt_state, ReduceOnPlateauState):
         lr *= float(np.asarray(s.scale))
     return lr

@@ -20,6 +20,7 @@ e.g., a negative log-likelihood or an ELBO. ``mode="max"`` applies the same test
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -47,6 +48,41 @@ class ReduceOnPlateauState(NamedTuple):
     cooldown_count: jax.Array
     count: jax.Array
     avg_value: jax.Array
+
+
+def is_improvement(
+    value: ArrayLike,
+    best: ArrayLike | None,
+    mode: str = "min",
+    atol: float = 0.0,
+    rtol: float = 0.0,
+) -> ArrayLike:
+    r"""The one "did it improve" rule of jaxdl (plateau schedules, early stopping, checkpoints).
+
+    With :math:`s = 1` for ``mode="min"`` (a loss) and :math:`s = -1` for ``"max"`` (an
+    accuracy), ``value`` improves on ``best`` when
+
+    .. math:: s\,v < s\,b - \text{rtol}\,|b| - \text{atol},
+
+    and always when ``best`` is ``None`` or infinite (nothing seen yet). Keras's ``min_delta`` is
+    ``atol`` (with ``rtol = 0``); PyTorch's ``threshold`` in ``rel`` mode is ``rtol``. The rule is
+    symmetric in sign, so negative losses behave like any others. Works on Python floats (returns
+    a ``bool``) and, inside ``jit``, on arrays.
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    sign = 1.0 if mode == "min" else -1.0
+    if best is None:
+        return True
+    if isinstance(value, jax.Array) or isinstance(best, jax.Array):
+        v, b = sign * jnp.asarray(value), sign * jnp.asarray(best)
+        # Guard the infinite initial best: inf - rtol * inf is NaN, and NaN compares False.
+        bar = jnp.where(jnp.isfinite(b), b - rtol * jnp.abs(b) - atol, b)
+        return v < bar
+    v, b = sign * float(value), sign * float(best)
+    if math.isinf(b) and b > 0:
+        return not math.isnan(v)
+    return v < b - rtol * abs(b) - atol
 
 
 def reduce_on_plateau(
@@ -108,10 +144,7 @@ def reduce_on_plateau(
         )
 
     def decide(state: ReduceOnPlateauState) -> ReduceOnPlateauState:
-        value, best = sign * state.avg_value, sign * state.best_value  # both now "lower is better"
-        # Guard the infinite initial best: inf - rtol * inf is NaN, and NaN compares False.
-        bar = jnp.where(jnp.isfinite(best), best - rtol * jnp.abs(best) - atol, best)
-        improved = value < bar
+        improved = is_improvement(state.avg_value, state.best_value, mode, atol=atol, rtol=rtol)
         in_cooldown = state.cooldown_count > 0
         bad = jnp.where(improved | in_cooldown, 0, state.plateau_count + 1)
         reduce = bad >= patience

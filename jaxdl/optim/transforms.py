@@ -52,6 +52,13 @@ def _cast_like(tree: Any, like: Any) -> Any:
     return jax.tree.map(lambda t, l: t.astype(l.dtype), tree, like)
 
 
+def _abs_sq(g: jax.Array) -> jax.Array:
+    """:math:`|g|^2 = g \\bar g`, real for complex ``g`` (optax's convention), ``g * g`` otherwise."""
+    if jnp.iscomplexobj(g):
+        return (g * jnp.conj(g)).real
+    return g * g
+
+
 def _log_decay(decay: ArrayLike) -> ArrayLike:
     """:math:`\\log\\beta`, in double precision when β is a Python number (0 maps to -inf)."""
     v = _checks._concrete(decay)
@@ -72,32 +79,11 @@ def _bias_correction(decay: ArrayLike, count: jax.Array) -> jax.Array:
     return -jnp.expm1(count.astype(jnp.float32) * log_b)
 
 
-def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """Apply ``transforms`` one after another; the state is the tuple of their states.
-
-    Extra keyword arguments of ``update`` (``value=loss`` for :func:`reduce_on_plateau`) reach
-    only the transforms that accept them (instances of
-    :class:`optax.GradientTransformationExtraArgs`), as in :func:`optax.chain`.
-    """
-
-    def init_fn(params):
-        return tuple(t.init(params) for t in transforms)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        if len(state) != len(transforms):
-            raise ValueError(
-                f"state has {len(state)} entries but the chain has {len(transforms)} transforms"
-            )
-        new_state = []
-        for t, s in zip(transforms, state, strict=True):
-            if isinstance(t, optax.GradientTransformationExtraArgs):
-                updates, s = t.update(updates, s, params, **extra_args)
-            else:
-                updates, s = t.update(updates, s, params)
-            new_state.append(s)
-        return updates, tuple(new_state)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+# The chain is optax's own: jaxdl's optimizers are chains of optax-compatible pieces, and a second
+# implementation would only have to be kept in step with it. ``optax.chain`` applies the transforms
+# in order, its state is the tuple of their states, and extra ``update`` arguments (``value=loss``
+# for :func:`reduce_on_plateau`) reach only the transforms that accept them.
+chain = optax.chain
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,10 +207,10 @@ def scale_by_rms(
 
     def update_fn(updates, state, params=None):
         del params
-        nu = jax.tree.map(lambda g, n: decay * n + (1 - decay) * g * g, updates, state.nu)
+        nu = jax.tree.map(lambda g, n: decay * n + (1 - decay) * _abs_sq(g), updates, state.nu)
         if centered:
             mu = jax.tree.map(lambda g, m: decay * m + (1 - decay) * g, updates, state.mu)
-            out = jax.tree.map(lambda g, m, n: g / denom(n - m * m), updates, mu, nu)
+            out = jax.tree.map(lambda g, m, n: g / denom(n - _abs_sq(m)), updates, mu, nu)
             new_state = ScaleByCenteredRmsState(
                 mu=_cast_like(mu, state.mu), nu=_cast_like(nu, state.nu)
             )
@@ -313,7 +299,7 @@ def scale_by_adam(
         del params
         count = _increment(state.count)
         mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
-        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * _abs_sq(g), updates, state.nu)
         if bias_correction:
             # Scalar reciprocals: two multiplies per element instead of two divides (the update
             # is compute-bound on CPU); within 1 ulp of dividing.
@@ -439,7 +425,7 @@ def scale_by_radam(
         del params
         count = _increment(state.count)
         mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
-        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * _abs_sq(g), updates, state.nu)
         inv_c1, inv_c2 = 1.0 / _bias_correction(b1, count), 1.0 / _bias_correction(b2, count)
         rho = radam_rho(count, b2)
         rectified = rho > threshold
@@ -516,5 +502,99 @@ def scale_by_learning_rate(
         out = jax.tree.map(lambda g: step.astype(g.dtype) * g, updates)
         count = _increment(state.count)
         return out, ScaleByLearningRateState(count, lr_at(count), state.scale)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# AMSGrad
+
+
+class ScaleByAmsgradState(NamedTuple):
+    """State of :func:`scale_by_amsgrad`.
+
+    ``count`` is the number of updates made (int32, shape ()); ``mu`` and ``nu`` are Adam's
+    first and second moments and ``nu_max`` the running maximum of the *raw* (not bias-corrected)
+    ``nu``, all shaped like the parameters.
+    """
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+    nu_max: Any
+
+
+def scale_by_amsgrad(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
+) -> optax.GradientTransformation:
+    r"""AMSGrad's scaling (Reddi, Kale & Kumar 2018, Algorithm 2), in PyTorch's form.
+
+    Adam's moments, a running maximum of the raw second moment, then the bias corrections:
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \qquad
+        v^{\max}_t = \max(v^{\max}_{t-1}, v_t), \qquad m_0 = v_0 = v^{\max}_0 = 0
+
+    .. math::
+        u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{v^{\max}_t / (1-\beta_2^t) + \epsilon_{root}}
+              + \epsilon}
+
+    This is ``torch.optim.Adam(amsgrad=True)``. The paper's Algorithm 2 has no bias correction;
+    :func:`optax.scale_by_amsgrad` takes the maximum over the *corrected*
+    :math:`\hat v_s = v_s/(1-\beta_2^s)`. The three agree while :math:`\hat v_t` never falls
+    (e.g. a constant gradient) and differ once it does: the maximum of corrected values keeps
+    a large early :math:`\hat v_s` for ever, whereas :math:`\max_s v_s` divided by the growing
+    :math:`1-\beta_2^t` may fall, to no less than :math:`(1-\beta_2)\max_s \hat v_s`. So
+    PyTorch's denominator lies between :math:`\sqrt{1-\beta_2}` times optax's and optax's.
+    In both the denominator is (up to that bounded factor) non-decreasing, so the effective
+    step :math:`\eta/\sqrt{\cdot}` cannot grow when a large gradient becomes rare, which is
+    what repairs Adam's non-convergence on Reddi et al.'s example.
+
+    Args:
+        b1: :math:`\beta_1 \in [0, 1)`.
+        b2: :math:`\beta_2 \in [0, 1)`.
+        eps: ε added outside the square root.
+        eps_root: ε added inside the square root (0 by default, as in :func:`scale_by_adam`).
+        mu_dtype, nu_dtype: dtypes of the moments (``nu_dtype`` also for ``nu_max``); ``None``
+            keeps the parameters' dtype.
+    """
+    _check_adam(b1, b2, eps, eps_root)
+
+    def init_fn(params):
+        return ScaleByAmsgradState(
+            count=jnp.zeros([], jnp.int32),
+            mu=_zeros(params, mu_dtype),
+            nu=_zeros(params, nu_dtype),
+            nu_max=_zeros(params, nu_dtype),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        count = _increment(state.count)
+        mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
+        # The max is taken over the raw v (PyTorch), the correction applied afterwards.
+        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+        inv_c1, inv_c2 = 1.0 / _bias_correction(b1, count), 1.0 / _bias_correction(b2, count)
+
+        def direction(m, v):
+            m_hat = m * inv_c1.astype(m.dtype)
+            v_hat = v * inv_c2.astype(v.dtype)
+            return m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+
+        out = _cast_like(jax.tree.map(direction, mu, nu_max), updates)
+        new_state = ScaleByAmsgradState(
+            count,
+            _cast_like(mu, state.mu),
+            _cast_like(nu, state.nu),
+            _cast_like(nu_max, state.nu_max),
+        )
+        return out, new_state
 
     return optax.GradientTransformation(init_fn, update_fn)

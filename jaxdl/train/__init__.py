@@ -7,17 +7,33 @@ Submodules: :mod:`~jaxdl.train.parallel` (sharding, pmap, multi-process),
 """
 
 from jaxdl.train import debug, parallel, precision
-from jaxdl.train.callbacks import Callback, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
-from jaxdl.train.checkpoint import Checkpointer
+from jaxdl.train.callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    RunContext,
+    TensorBoard,
+)
+from jaxdl.train.checkpoint import Checkpointer, CorruptCheckpointError, load_variables
 from jaxdl.train.debug import LayerStatsLogger, lr_range_test, overfit_one_batch
-from jaxdl.train.loop import History, NonFiniteLossError, Trainer, default_optimizer, evaluate, fit
+from jaxdl.train.history import History
+from jaxdl.train.loop import NonFiniteLossError, default_optimizer, evaluate, fit, predict
 from jaxdl.train.precision import Policy, dynamic_loss_scale
 from jaxdl.train.state import TrainState, create_train_state
-from jaxdl.train.step import make_eval_step, make_train_step
+from jaxdl.train.step import jit_train_step, make_eval_step, make_train_step
 
 __all__ = [
+    "CSVLogger",
     "Callback",
     "Checkpointer",
+    "CorruptCheckpointError",
+    "RunContext",
+    "TensorBoard",
+    "jit_train_step",
+    "load_variables",
+    "predict",
     "EarlyStopping",
     "History",
     "LayerStatsLogger",
@@ -26,7 +42,6 @@ __all__ = [
     "Policy",
     "ReduceLROnPlateau",
     "TrainState",
-    "Trainer",
     "create_train_state",
     "debug",
     "default_optimizer",

@@ -55,9 +55,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxdl import xla_flags
 from jaxdl.train.state import TrainState
-from jaxdl.train.step import make_train_step
+from jaxdl.train.step import jit_train_step, make_train_step
 
 DATA_AXIS = "data"
 
@@ -249,9 +248,7 @@ def make_sharded_train_step(
     """
     check_mesh(mesh)
     step = make_train_step(model, optimizer, jit=False, **step_kwargs)
-    return jax.jit(
-        step, out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,) if donate else ()
-    )
+    return jit_train_step(step, donate, out_shardings=(shardings, replicated(mesh)))
 
 
 def make_shard_map_train_step(
@@ -286,21 +283,18 @@ def make_shard_map_train_step(
     per_device = jax.shard_map(
         step,
         mesh=mesh,
-        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
         out_specs=(P(), P()),
         check_vma=False,
     )
-    jitted = jax.jit(
-        per_device,
-        donate_argnums=(0,) if donate else (),
-        compiler_options=xla_flags.train_step_compiler_options(),
-    )
+    jitted = jit_train_step(per_device, donate)
 
-    def train_step(state: TrainState, x: jax.Array, y: jax.Array):
-        check_batch_size(int(np.shape(x)[0]), mesh)
-        return jitted(state, x, y)
+    def train_step(state: TrainState, x: Any, y: jax.Array, mask: jax.Array | None = None):
+        check_batch_size(int(np.shape(jax.tree.leaves(x)[0])[0]), mesh)
+        return jitted(state, x, y, mask)
 
-    train_step.lower = jitted.lower  # ahead-of-time lowering, as on any jitted function
+    # ahead-of-time lowering, as on any jitted function
+    train_step.lower = lambda state, x, y, mask=None: jitted.lower(state, x, y, mask)
     return train_step
 
 
@@ -365,12 +359,9 @@ def make_pmap_train_step(
             f"num_devices={n} but only {jax.local_device_count()} local devices are available"
         )
     step = make_train_step(model, optimizer, jit=False, axis_name=axis_name, **step_kwargs)
-    return jax.pmap(
-        step,
-        axis_name=axis_name,
-        devices=jax.local_devices()[:n],
-        donate_argnums=(0,) if donate else (),
-    )
+    # pmap takes no compiler options; inside jit_train_step it gets the ones every step uses.
+    mapped = jax.pmap(step, axis_name=axis_name, devices=jax.local_devices()[:n])
+    return jit_train_step(mapped, donate)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,14 +40,58 @@ class TrainState:
         return jax.random.fold_in(self.rng, self.step)
 
 
+MODE_ARGUMENTS = ("train", "training", "deterministic")
+
+
 def train_kwargs(model: nn.Module, train: bool) -> dict[str, bool]:
-    """``{"train": train}`` if the model's ``__call__`` takes a ``train`` flag (the jaxdl
-    convention), else ``{}`` -- so plain flax modules such as ``nn.Dense`` train too."""
+    """The keyword that tells ``model`` whether it is training, read from its ``__call__``.
+
+    ``train=`` (the jaxdl convention) or ``training=`` receive ``train``; ``deterministic=``
+    (flax's ``Dropout`` convention) receives ``not train``. A model whose ``__call__`` names none
+    of them gets no flag (plain ``nn.Dense``); one that names several is ambiguous.
+
+    Raises:
+      ValueError: ``__call__`` names more than one of ``train``, ``training``, ``deterministic``.
+    """
     try:
-        accepts = "train" in inspect.signature(type(model).__call__).parameters
+        params = inspect.signature(type(model).__call__).parameters
     except (TypeError, ValueError):
-        accepts = False
-    return {"train": train} if accepts else {}
+        return {}
+    named = [a for a in MODE_ARGUMENTS if a in params]
+    if len(named) > 1:
+        raise ValueError(
+            f"{type(model).__name__}.__call__ takes {named}: jaxdl cannot tell which one switches "
+            "training mode; keep one of train / training / deterministic"
+        )
+    if not named:
+        return {}
+    return {named[0]: (not train) if named[0] == "deterministic" else train}
+
+
+def model_inputs(x: Any) -> tuple[tuple, dict]:
+    """How a batch ``x`` is passed to the model: an array positionally, a tuple or list of arrays
+    as several positional arguments, a dict by keyword (``SequenceClassifier(tokens,
+    seq_lengths)`` trains from ``x = (tokens, lengths)`` or ``{"x": tokens, "seq_lengths": ...}``)."""
+    if isinstance(x, tuple | list):
+        return tuple(x), {}
+    if isinstance(x, dict):
+        return (), dict(x)
+    return (x,), {}
+
+
+def apply_model(model: nn.Module, variables: dict, x: Any, train: bool, **kwargs: Any) -> Any:
+    """``model.apply(variables, *inputs, <mode flag>, **kwargs)`` for a batch ``x`` of any of the
+    forms :func:`model_inputs` accepts."""
+    args, named = model_inputs(x)
+    return model.apply(variables, *args, **named, **train_kwargs(model, train), **kwargs)
+
+
+def batch_rows(x: Any) -> int:
+    """The number of examples in a batch of any form (the first axis of its first array)."""
+    leaves = jax.tree.leaves(x)
+    if not leaves:
+        raise ValueError("x holds no array")
+    return int(jnp.shape(leaves[0])[0])
 
 
 def as_raw_key(rng: int | jax.Array) -> jax.Array:
@@ -74,14 +118,20 @@ def create_train_state(
     Args:
       model: a flax.linen module called as ``model(x, train=...)``.
       optimizer: an ``optax.GradientTransformation``.
-      sample_x: an input batch (only its shape and dtype matter).
+      sample_x: an input batch (only its shape and dtype matter): an array, a tuple of arrays
+        (several positional inputs) or a dict (keyword inputs).
       rng: a seed or PRNG key, split into an initialisation key (the ``'params'`` and ``'dropout'``
         streams of ``model.init``) and the state's key for the training steps.
     """
     init_key, step_rng = jax.random.split(as_raw_key(rng))
     k_params, k_dropout = jax.random.split(init_key)
     init_keys = {"params": k_params, "dropout": k_dropout}
-    variables = jax.jit(lambda x: model.init(init_keys, x, **train_kwargs(model, False)))(sample_x)
+
+    def init(x):
+        args, named = model_inputs(x)
+        return model.init(init_keys, *args, **named, **train_kwargs(model, False))
+
+    variables = jax.jit(init)(sample_x)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     return TrainState(

@@ -13,7 +13,7 @@ import optax
 
 from jaxdl import losses, xla_flags
 from jaxdl.train.precision import all_finite, cast_outputs, current_loss_scale
-from jaxdl.train.state import TrainState, train_kwargs
+from jaxdl.train.state import TrainState, apply_model, batch_rows
 
 LossFn = Callable[..., jax.Array]  # loss_fn(logits, labels, reduction="none") -> per-example
 
@@ -41,15 +41,46 @@ def _correct(outputs: jax.Array, labels: jax.Array) -> jax.Array | None:
     return (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
 
 
-def takes_labels(augment: Callable[..., Any]) -> bool:
-    """Whether an augmentation has the label-mixing form ``(key, x, y) -> (x, y)`` (mixup)
-    rather than ``(key, x) -> x``."""
+def mixes_labels(augment: Callable[..., Any]) -> bool:
+    """Whether ``augment`` is declared label-mixing, ``(key, x, y) -> (x, y_soft)`` (mixup), by
+    its ``mixes_labels`` attribute (:func:`jaxdl.data.augment.label_mixing` sets it); otherwise it
+    is ``(key, x) -> x``.
+
+    Raises:
+      ValueError: ``augment`` requires three or more positional arguments but is not declared
+        label-mixing (it would silently receive the labels under a guess by arity).
+    """
+    if getattr(augment, "mixes_labels", False):
+        return True
     try:
         params = inspect.signature(augment).parameters.values()
     except (TypeError, ValueError):
         return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3
+    required = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(required) >= 3:
+        raise ValueError(
+            f"augment {getattr(augment, '__name__', augment)!r} takes {len(required)} positional "
+            "arguments; an augmentation is (key, x) -> x, and a label-mixing one (key, x, y) -> "
+            "(x, y_soft) must say so: wrap it in jaxdl.data.augment.label_mixing(fn)"
+        )
+    return False
+
+
+def jit_train_step(fn: Callable[..., Any], donate: bool = True, **jit_kwargs: Any):
+    """``jax.jit`` of a train step as every jaxdl step factory compiles it: the state (argument 0)
+    donated, and :func:`jaxdl.xla_flags.train_step_compiler_options` (the XLA:CPU option that made
+    the course's CNN fast; empty elsewhere or with ``JAXDL_XLA_FLAGS=0``). Use it for a train step
+    you write yourself to get the same program."""
+    return jax.jit(
+        fn,
+        donate_argnums=(0,) if donate else (),
+        compiler_options=xla_flags.train_step_compiler_options(),
+        **jit_kwargs,
+    )
 
 
 def make_train_step(
@@ -63,16 +94,24 @@ def make_train_step(
     axis_name: str | None = None,
     jit: bool = True,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """Build ``train_step(state, x, y) -> (state, metrics)``, compiled once, state donated.
+    """Build ``train_step(state, x, y, mask=None) -> (state, metrics)``, compiled once, state
+    donated.
 
-    The objective is ``L(theta) = (1/N) sum_n w_{y_n} l(f_theta(x_n), y_n)`` with ``w = 1`` unless
-    ``class_weights`` is given (Keras's ``class_weight``: the mean stays over examples). One step
+    The objective is ``L(theta) = (1/M) sum_n m_n w_{y_n} l(f_theta(x_n), y_n)`` with ``w = 1``
+    unless ``class_weights`` is given (Keras's ``class_weight``: the mean stays over examples),
+    ``m = 1`` and ``M = N`` unless a 0/1 ``mask`` ``(N,)`` is given, then ``M = sum_n m_n``: a
+    short final batch padded to the full batch size trains exactly as the short batch would
+    (its padded rows take no part in the loss, the gradient or the metrics; BatchNorm's batch
+    statistics do see them), and ``fit`` compiles one step for the whole run.
+    ``x`` is an array, a tuple of arrays (positional inputs) or a dict (keyword inputs), see
+    :func:`jaxdl.train.state.model_inputs`. One step
     applies ``theta <- theta + optimizer.update(grad L, ...)``. Dropout and augmentation draw from
     ``state.step_key()``, so a step's randomness depends only on the step number.
 
-    ``augment(key, x) -> x`` transforms the inputs; ``augment(key, x, y) -> (x, y_soft)`` (e.g.
-    :func:`jaxdl.data.augment.mixup`) also mixes the labels the loss sees, while accuracy is still
-    measured against the original labels.
+    ``augment(key, x) -> x`` transforms the inputs; an augmentation declared label-mixing
+    (:func:`mixes_labels`; e.g. :func:`jaxdl.data.augment.mixup`), ``(key, x, y) -> (x, y_soft)``,
+    also mixes the labels the loss sees, while accuracy is still measured against the original
+    labels.
 
     Metrics are sums (``loss_sum``, ``correct``, ``count``) so that batches of different sizes
     average exactly over an epoch.
@@ -82,15 +121,16 @@ def make_train_step(
     differentiation and a skipped (non-finite) step also keeps the old BatchNorm statistics.
 
     ``axis_name`` (for :func:`jax.pmap`, see :mod:`jaxdl.train.parallel`): gradients and
-    BatchNorm statistics are ``pmean``-ed and metric sums ``psum``-ed over that axis, and dropout
+    BatchNorm statistics are ``pmean``-ed (with a mask: the gradient is the ``psum`` of each
+    device's masked sum over the global ``M``) and metric sums ``psum``-ed over that axis, and dropout
     and augmentation keys are folded with the device index. ``jit=False`` returns the step
-    uncompiled, for the caller to wrap in ``jax.jit`` with shardings or in ``jax.pmap``. On CPU the
-    step is compiled with :func:`jaxdl.xla_flags.train_step_compiler_options`.
+    uncompiled, for the caller to wrap in ``jax.jit`` with shardings or in ``jax.pmap``. The
+    step is compiled by :func:`jit_train_step`.
     """
     loss_fn = loss_fn or losses.cross_entropy
-    mixes_labels = augment is not None and takes_labels(augment)
+    label_mixing = augment is not None and mixes_labels(augment)
 
-    def train_step(state: TrainState, x: jax.Array, y: jax.Array):
+    def train_step(state: TrainState, x: Any, y: jax.Array, mask: jax.Array | None = None):
         k_dropout, k_augment = jax.random.split(state.step_key())
         if axis_name is not None:  # each device its own dropout mask and augmentation draw
             k_dropout, k_augment = (
@@ -99,7 +139,7 @@ def make_train_step(
         scaling = current_loss_scale(state.opt_state)
         targets = y
         if augment is not None:
-            if mixes_labels:  # e.g. mixup: (key, x, y) -> (x, soft labels)
+            if label_mixing:  # e.g. mixup: (key, x, y) -> (x, soft labels)
                 x, targets = augment(k_augment, x, y)
             else:
                 x = augment(k_augment, x)
@@ -107,27 +147,34 @@ def make_train_step(
 
         def objective(params):
             variables = {**_variables(state), "params": params}
-            out = model.apply(
-                variables,
-                x,
-                **train_kwargs(model, True),
-                rngs={"dropout": k_dropout},
-                mutable=mutable,
+            out = apply_model(
+                model, variables, x, True, rngs={"dropout": k_dropout}, mutable=mutable
             )
             outputs, new_vars = out if mutable else (out, {})
             outputs = cast_outputs(outputs)  # half-precision logits -> float32 for the loss
             per_example = _per_example(loss_fn, outputs, targets)  # (N,)
             if class_weights is not None:
                 per_example = per_example * class_weights[y]
-            loss = jnp.mean(per_example)
+            if mask is None:
+                loss = jnp.mean(per_example)
+            else:  # over the real rows of the global batch (all devices under axis_name)
+                loss = jnp.sum(per_example * mask) / jnp.maximum(total, 1.0)
             scaled = loss if scaling is None else loss * scaling.scale
             return scaled, (loss, outputs, new_vars.get("batch_stats", state.batch_stats))
+
+        if mask is not None:
+            mask = mask.astype(jnp.float32)
+            total = jnp.sum(mask)
+            if axis_name is not None:
+                total = jax.lax.psum(total, axis_name)
 
         (_, (loss, outputs, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params
         )
         if axis_name is not None:  # the mean of equal-sized shards' means is the global mean
-            grads = jax.lax.pmean(grads, axis_name)
+            # (with a mask each device's loss is already its share of the global mean: sum them)
+            reduce = jax.lax.pmean if mask is None else jax.lax.psum
+            grads = reduce(grads, axis_name)
             batch_stats = jax.lax.pmean(batch_stats, axis_name)
         if scaling is not None:  # a skipped step keeps the old statistics too
             ok = all_finite(grads)
@@ -136,11 +183,14 @@ def make_train_step(
             )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        n = jnp.asarray(x.shape[0], jnp.float32)
-        metrics = {"loss_sum": loss * n, "count": n}
+        if mask is None:
+            n = jnp.asarray(batch_rows(x), jnp.float32)
+            metrics = {"loss_sum": loss * n, "count": n}
+        else:  # loss * total is this device's masked sum (psum-ed below under axis_name)
+            metrics = {"loss_sum": loss * total, "count": jnp.sum(mask)}
         correct = _correct(outputs, y)
         if correct is not None:
-            metrics["correct"] = jnp.sum(correct)
+            metrics["correct"] = jnp.sum(correct if mask is None else correct * mask)
         if axis_name is not None:
             metrics = jax.lax.psum(metrics, axis_name)
         new_state = state.replace(
@@ -150,11 +200,7 @@ def make_train_step(
 
     if not jit:
         return train_step
-    return jax.jit(
-        train_step,
-        donate_argnums=(0,) if donate else (),
-        compiler_options=xla_flags.train_step_compiler_options(),
-    )
+    return jit_train_step(train_step, donate)
 
 
 def make_eval_step(
@@ -162,11 +208,13 @@ def make_eval_step(
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
     """Build ``eval_step(state, x, y, mask) -> metric sums`` (inference mode: no dropout, running
     BatchNorm statistics). ``mask`` (``(N,)`` of 0/1) lets a padded final batch reuse the compiled
-    shape; padded rows count for nothing."""
+    shape; padded rows count for nothing. ``state`` may also be a variables dict; only the
+    variables reach the compiled function, so states with different optimizers share it."""
     loss_fn = loss_fn or losses.cross_entropy
 
-    def eval_step(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
-        outputs = cast_outputs(model.apply(_variables(state), x, **train_kwargs(model, False)))
+    @jax.jit
+    def on_variables(variables: dict, x: Any, y: jax.Array, mask: jax.Array):
+        outputs = cast_outputs(apply_model(model, variables, x, False))
         metrics = {
             "loss_sum": jnp.sum(_per_example(loss_fn, outputs, y) * mask),
             "count": jnp.sum(mask),
@@ -176,4 +224,9 @@ def make_eval_step(
             metrics["correct"] = jnp.sum(correct * mask)
         return metrics
 
-    return jax.jit(eval_step)
+    def eval_step(state: TrainState | dict, x: Any, y: jax.Array, mask: jax.Array):
+        variables = _variables(state) if isinstance(state, TrainState) else state
+        return on_variables(variables, x, y, mask)
+
+    eval_step._cache_size = on_variables._cache_size
+    return eval_step

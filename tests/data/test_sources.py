@@ -92,3 +92,15 @@ def test_documented_order_is_the_files_class_grouped_order():
     # The docstring tells users to subset with a permutation because of this; keep them in sync.
     _, y = data.load("mnist_5k", "train")
     assert np.all(np.diff(y) >= 0)
+
+
+def test_offline_splits_are_stored_shuffled_so_a_leading_slice_has_every_class():
+    """mnist_5k's source file is sorted by class; the stored split order must not be."""
+    for name in ("mnist_5k", "digits"):
+        for split in ("train", "test"):
+            x, y = data.load(name, split)
+            head = y[: len(y) // 5]
+            assert set(np.unique(head)) == set(range(10)), (name, split)
+            # and stratified membership is unchanged: every class within one of its share
+            counts = np.bincount(y, minlength=10)
+            assert counts.max() - counts.min() < len(y) // 10

@@ -58,3 +58,17 @@ def test_errors():
         models.summary(models.MnistCNN(), (1, 28, 28, 1), depth=0)
     with pytest.raises(ValueError, match="must have shape"):  # the model's own check surfaces
         models.summary(models.MnistCNN(), (1, 28, 28, 3))
+
+
+def test_recurrent_rows_show_outputs_not_carries():
+    from jaxdl import models as m
+
+    s = m.summary(
+        m.SequenceClassifier(vocab_size=20, hidden=8, embed_dim=8),
+        (2, 5),
+        dtype="int32",
+        compute_flops=False,
+    )
+    shapes = {row.path: row.output_shape for row in s.rows}
+    assert shapes["rnn"] == (2, 5, 16)
+    assert shapes["rnn/layers_0/forward_rnn"] == (2, 5, 8)

@@ -221,12 +221,10 @@ def test_bad_inputs_raise_naming_the_argument():
         patches_conv(x, k, padding=((1, 1),))
 
 
-@pytest.mark.parametrize("which", ["_pool", "_pool_train"])
+@pytest.mark.parametrize("which", ["window", "slices"])  # MnistCNN's inference / training pools
 @pytest.mark.parametrize("shape", [(2, 26, 26, 3), (2, 11, 11, 4)])  # even, and odd (floor mode)
 def test_mnistcnn_pool_equals_reduce_window_forward_and_gradient(shape, which):
-    from jaxdl.models import cnn
-
-    _pool = getattr(cnn, which)
+    _pool = functools.partial(nn.max_pool, window=2, impl=which)
 
     # continuous random values: every window's maximum is unique, where the gradients must agree
     x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)

@@ -320,3 +320,59 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         nn.RNN(nn.GRUCell(0)).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="unroll must be >= 1"):
         nn.RNN(nn.GRUCell(2), unroll=0).init(jax.random.key(0), x)
+
+
+# ---------------------------------------------------------------- RNN's explicit impl
+
+
+class _PeepholeishLSTM(nn.LSTMCell):
+    """An LSTMCell subclass that changes the step: the fast LSTM layer must not bypass it."""
+
+    @fnn.nowrap
+    def step(self, params, carry, xp):
+        (c, h), y = super().step(params, carry, xp)
+        return (c, 0.5 * h), 0.5 * y
+
+
+def test_rnn_runs_an_lstm_subclass_by_its_own_step():
+    cell = _PeepholeishLSTM(H)
+    x = _x(seed=4)
+    v = nn.RNN(cell).init(jax.random.key(0), x)
+    cell_vars = {"params": v["params"]["cell"]}
+    carry = cell.initialize_carry(jax.random.key(0), (B, IN))
+    ys = []
+    for t in range(T):
+        carry, y_t = cell.apply(cell_vars, carry, x[:, t])
+        ys.append(y_t)
+    for impl in ("auto", "scan"):
+        y = nn.RNN(cell, impl=impl).apply(v, x)
+        chex.assert_trees_all_close(y, jnp.stack(ys, 1), atol=1e-6)
+    # ...and the plain formula would differ: the test would catch a silent bypass
+    plain = nn.RNN(nn.LSTMCell(H)).apply(v, x)
+    assert not np.allclose(plain, jnp.stack(ys, 1), atol=1e-3)
+    with pytest.raises(ValueError, match="overrides LSTMCell's step"):
+        nn.RNN(cell, impl="lstm_layer").apply(v, x)
+
+
+def test_rnn_impl_scan_and_lstm_layer_agree_on_an_lstm():
+    x = _x(seed=5)
+    rnn = nn.RNN(nn.LSTMCell(H), return_carry=True)
+    v = rnn.init(jax.random.key(0), x)
+    fast = nn.RNN(nn.LSTMCell(H), return_carry=True, impl="lstm_layer").apply(v, x)
+    slow = nn.RNN(nn.LSTMCell(H), return_carry=True, impl="scan").apply(v, x)
+    chex.assert_trees_all_close(fast, slow, atol=1e-6)
+    chex.assert_trees_all_close(rnn.apply(v, x), fast, atol=0.0)
+
+
+def test_rnn_impl_errors():
+    x = _x()
+    with pytest.raises(ValueError, match="impl must be one of"):
+        nn.RNN(nn.LSTMCell(H), impl="cudnn").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="cell is a GRUCell"):
+        nn.RNN(nn.GRUCell(H), impl="lstm_layer").init(jax.random.key(0), x)
+    rnn = nn.RNN(nn.LSTMCell(H), impl="lstm_layer")
+    v = rnn.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="seq_lengths given"):
+        rnn.apply(v, x, seq_lengths=jnp.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="impl='lstm_layer' runs jaxdl's LSTMCell"):
+        nn.RNN(fnn.LSTMCell(H), impl="lstm_layer").init(jax.random.key(0), x)

@@ -169,12 +169,42 @@ def check_fit() -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         fit_case(epochs=1, workdir=workdir)
         resumed = fit_case(workdir=workdir)
+    results["fit_recurrent"] = check_fit_recurrent()
     results["fit_resumed"] = {
         "params": max_diff(resumed.state.params, single.state.params),
         "devices": len(resumed.state.params["Dense_0"]["kernel"].sharding.device_set),
         "epochs": resumed.epoch,
     }
     return results
+
+
+def check_fit_recurrent() -> dict:
+    """fit's "auto" step for a recurrent model on CPU devices is the per-device one, and it trains
+    as one device does (a 70-row epoch: the padded short batch splits over the devices too)."""
+    import flax.linen as fnn
+
+    from jaxdl import nn as jnn
+    from jaxdl.train import loop
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(70, 6, 3)).astype(np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
+
+    class Seq(fnn.Module):
+        @fnn.compact
+        def __call__(self, x, train: bool = False):
+            h = jnn.RNN(jnn.LSTMCell(8))(x)[:, -1]  # (B, 8)
+            return fnn.Dense(2)(h)
+
+    kw = dict(epochs=2, batch_size=16, verbose=0)
+    single = train.fit(Seq(), optim.adam(1e-2), (x, y), num_devices=1, **kw)
+    chosen = loop._choose_parallel_step("auto", Seq(), parallel.make_mesh(8), False, False, x[:1])
+    multi = train.fit(Seq(), optim.adam(1e-2), (x, y), num_devices=8, **kw)
+    return {
+        "chosen": chosen,
+        "params": max_diff(multi.state.params, single.state.params),
+        "loss": [a - b for a, b in zip(multi.history["loss"], single.history["loss"], strict=True)],
+    }
 
 
 def bad_input(tx, mesh) -> dict:

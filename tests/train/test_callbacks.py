@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from jaxdl import optim, train
-from jaxdl.train.loop import with_learning_rate_state
+from jaxdl.train.optimizer import prepare_optimizer
 
 
 def _trainer(workdir=None, kind="jaxdl"):
@@ -21,9 +21,9 @@ def _trainer(workdir=None, kind="jaxdl"):
         "optax": lambda: optax.sgd(0.1),
     }[kind]()
     params = {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)}
-    tx, native = with_learning_rate_state(opt, params)
-    state = train.create_train_state(fnn.Dense(2), tx, jnp.ones((1, 3)))
-    return train.Trainer(state, workdir, native)
+    run_opt = prepare_optimizer(opt, params)
+    state = train.create_train_state(fnn.Dense(2), run_opt.tx, jnp.ones((1, 3)))
+    return train.RunContext(state, workdir, run_opt)
 
 
 def _run(callback, values, monitor="val_loss", trainer=None):
@@ -134,7 +134,7 @@ def test_reduce_lr_changes_the_rate_a_plain_optax_optimizer_uses():
     _, _, scales = _run(train.ReduceLROnPlateau(factor=0.5, patience=1), [1.0] * 3, trainer=trainer)
     assert scales == [1.0, 0.5, 0.25] and trainer.learning_rate is None
     grads = {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}
-    tx, _ = with_learning_rate_state(optax.sgd(0.1), grads)
+    tx = prepare_optimizer(optax.sgd(0.1), grads).tx
     updates, _ = tx.update(grads, trainer.state.opt_state, trainer.state.params)
     np.testing.assert_allclose(updates["bias"], -0.1 * 0.25 * np.ones(2), rtol=1e-6)
 

@@ -144,8 +144,8 @@ def test_bad_input_raises_clear_errors(steps):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["fit_auto", "fit_fsdp"])
 def test_fit_on_eight_devices_equals_one(fits, case):
-    """fit shards transparently (all 8 devices without being asked; a short last batch of 4 rows
-    replicated) and reproduces single-device fit: same per-epoch history, same parameters."""
+    """fit shards transparently (all 8 devices without being asked; a short last batch padded and
+    masked) and reproduces single-device fit: same per-epoch history, same parameters."""
     r = fits[case]
     assert r["devices"] == 8
     assert fits["fit_single_devices"] == 1
@@ -155,6 +155,14 @@ def test_fit_on_eight_devices_equals_one(fits, case):
         assert np.max(np.abs(diffs)) < 1e-5, name
     expected = str(P(None, "data")) if case == "fit_fsdp" else str(P())
     assert r["kernel_spec"] == expected
+
+
+def test_fit_picks_the_per_device_step_for_recurrent_models_on_cpu(fits):
+    """ "auto" takes shard_map for an LSTM on CPU devices, and it trains as one device does."""
+    r = fits["fit_recurrent"]
+    assert r["chosen"] == "shard_map"
+    assert r["params"] < 1e-5
+    assert np.max(np.abs(r["loss"])) < 1e-5
 
 
 @pytest.mark.slow

@@ -48,7 +48,9 @@ def _check_logits(name, x64):
             v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
             apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
             out = np.asarray(apply(v64, jnp.asarray(x, jnp.float64)))
-        tol = 1e-6 * scale
+        # B7's random logits reach 1e7: even float64 rounding grows to ~4e-6 of their scale
+        # there. A BatchNorm epsilon off by 1e-3 changes logits by ~1e-3 of scale: caught.
+        tol = (2e-5 if name == "efficientnet_b7" else 1e-6) * scale
     else:
         model = models.torchvision_model(name)
         out = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))

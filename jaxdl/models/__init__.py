@@ -88,3 +88,12 @@ __all__ += ["GAT", "GCN", "GraphClassifier"]
 from jaxdl.models.unet import UNet, timestep_embedding  # noqa: E402
 
 __all__ += ["UNet", "timestep_embedding"]
+
+# torchvision weights (issue 24): from_torchvision converts a state_dict to jaxdl variables.
+from jaxdl.models.torchvision import (  # noqa: E402
+    TORCHVISION_NAMES,
+    from_torchvision,
+    torchvision_model,
+)
+
+__all__ += ["TORCHVISION_NAMES", "from_torchvision", "torchvision_model"]

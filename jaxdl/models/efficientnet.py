@@ -246,10 +246,16 @@ class EfficientNet(nn.Module):
       depth: repeat multiplier ``d``.
       resolution: the input side the variant was designed for.
       dropout_rate: dropout before the classifier (``train=True`` only, rng stream ``'dropout'``).
-      stochastic_depth_rate: ``p`` of the last block; block ``i`` of ``N`` uses ``p * i / N``
-        (draws from the ``'dropout'`` stream).
+      stochastic_depth_rate: ``p``; block ``i`` (0-based) of ``N`` drops its branch with
+        probability ``p * i / N`` (torchvision's ``stochastic_depth_prob``, same schedule;
+        draws from the ``'dropout'`` stream).
       stages, stem_features, head_features: the baseline (B0) architecture.
       se_ratio: squeeze channels as a fraction of a block's input channels.
+      bn_epsilon, bn_momentum: BatchNorm's epsilon and its momentum on the old running value.
+        The defaults are torchvision's (eps 1e-5, PyTorch momentum 0.1 = 0.9 here for B0 to B4;
+        :func:`efficientnet` sets eps 1e-3, momentum 0.99 for B5 to B7, the values torchvision
+        gives those variants), so that :func:`~jaxdl.models.from_torchvision`'s weights reproduce
+        torchvision's outputs. The TensorFlow reference uses eps 1e-3, momentum 0.99 throughout.
       num_classes, input_channels, dtype, param_dtype, conv, norm, act: as :class:`~jaxdl.models.ResNet`.
     """
 
@@ -262,6 +268,8 @@ class EfficientNet(nn.Module):
     stem_features: int = B0_STEM
     head_features: int = B0_HEAD
     se_ratio: float = 0.25
+    bn_epsilon: float = 1e-5
+    bn_momentum: float = 0.9
     num_classes: int = 1000
     input_channels: int = 3
     dtype: Any = jnp.float32
@@ -287,8 +295,14 @@ class EfficientNet(nn.Module):
             if not 0.0 <= getattr(self, attr) < 1.0:
                 raise ValueError(f"{name}: {attr} must be in [0, 1), got {getattr(self, attr)}")
         check_images(x, self.input_channels, self.downsampling, name)
-        # The reference implementation's BN: 0.99 momentum, eps 1e-3.
-        conv, norm = bind_conv_norm(self, train, conv_init, momentum=0.99, epsilon=1e-3)
+        if self.bn_epsilon <= 0 or not 0.0 <= self.bn_momentum < 1.0:
+            raise ValueError(
+                f"{name}: need bn_epsilon > 0 and bn_momentum in [0, 1), got "
+                f"{self.bn_epsilon}, {self.bn_momentum}"
+            )
+        conv, norm = bind_conv_norm(
+            self, train, conv_init, momentum=self.bn_momentum, epsilon=self.bn_epsilon
+        )
         x = jnp.asarray(x, self.dtype)
         stem = round_filters(self.stem_features, self.width)
         x = conv(stem, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), name="stem_conv")(x)
@@ -327,14 +341,24 @@ class EfficientNet(nn.Module):
 
 def efficientnet(variant: str, **kwargs: Any) -> EfficientNet:
     """EfficientNet-``variant`` (``"b0"`` ... ``"b7"``): B0's table with that variant's coefficients
-    from :data:`VARIANTS`. ``kwargs`` override any :class:`EfficientNet` attribute."""
+    from :data:`VARIANTS`. ``kwargs`` override any :class:`EfficientNet` attribute.
+
+    Everything matches torchvision's ``efficientnet_b*``: the stage table and rounding, the
+    head width (``4 * round_filters(320)`` there, ``round_filters(1280)`` here: equal for every
+    variant), the SE width ``max(1, C_in // 4)``, the dropout, stochastic depth ``0.2 * i / N``,
+    and BatchNorm (eps 1e-5, momentum 0.9 for B0 to B4; eps 1e-3, momentum 0.99 for B5 to B7).
+    """
     key = variant.lower()
     if key not in VARIANTS:
         raise ValueError(
             f"efficientnet: variant must be one of {sorted(VARIANTS)}, got {variant!r}"
         )
     s = VARIANTS[key]
-    config = dict(width=s.width, depth=s.depth, resolution=s.resolution, dropout_rate=s.dropout)
+    config: dict[str, Any] = dict(
+        width=s.width, depth=s.depth, resolution=s.resolution, dropout_rate=s.dropout
+    )
+    if key in ("b5", "b6", "b7"):  # torchvision's BatchNorm for these (its weights were ported)
+        config.update(bn_epsilon=1e-3, bn_momentum=0.99)
     config.update(kwargs)
     return EfficientNet(**config)
 

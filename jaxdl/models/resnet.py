@@ -12,7 +12,10 @@ Two layouts:
 - ImageNet (:func:`ResNet18` ... :func:`ResNet152`): 7x7/2 stem conv, 3x3/2 max pool, four stages
   of 64, 128, 256, 512 filters, projection shortcuts (option B) where shapes change, global average
   pooling, a dense classifier. The :class:`Bottleneck` puts its stride on the 3x3 conv
-  (torchvision's "ResNet v1.5"). Parameter counts equal torchvision's.
+  (torchvision's "ResNet v1.5"; ``stride_in_1x1=True`` gives the paper's v1, stride on the first
+  1x1 conv). Parameter counts equal torchvision's, and so do the forward passes: BatchNorm
+  epsilon 1e-5, momentum 0.1 in PyTorch's convention (0.9 on the old value here), symmetric
+  padding; :func:`~jaxdl.models.from_torchvision` loads torchvision's weights.
 - CIFAR (:func:`resnet_cifar`): 3x3 stem with 16 filters, three stages of ``n`` basic blocks with
   16, 32, 64 filters, depth ``6n + 2``; option-A (zero-padded, parameter-free) shortcuts by default.
 
@@ -163,7 +166,9 @@ class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (with the stride: "v1.5"), 1x1 expand to ``4 * filters``; plus shortcut.
 
     ``y = act(BN(conv1(act(BN(conv3_s(act(BN(conv1(x)))))))) + shortcut(x))``.
-    Shapes: ``(N, H, W, C) -> (N, H/s, W/s, 4 * filters)``. Attributes as :class:`BasicBlock`.
+    Shapes: ``(N, H, W, C) -> (N, H/s, W/s, 4 * filters)``. Attributes as :class:`BasicBlock`, and
+    ``stride_in_1x1``: put the stride on the first 1x1 conv instead (He et al.'s original "v1";
+    torchvision and its weights use v1.5, the default, which is slightly more accurate).
     """
 
     filters: int
@@ -173,15 +178,17 @@ class Bottleneck(nn.Module):
     shortcut: str = "B"
     zero_init_residual: bool = False
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    stride_in_1x1: bool = False
 
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         s = (self.strides, self.strides)
-        y = self.conv(self.filters, (1, 1), name="conv1")(x)
+        s1, s3 = (s, (1, 1)) if self.stride_in_1x1 else ((1, 1), s)
+        y = self.conv(self.filters, (1, 1), strides=s1, name="conv1")(x)
         y = self.act(self.norm(name="bn1")(y))
-        y = self.conv(self.filters, (3, 3), strides=s, padding=_pad(3), name="conv2")(y)
+        y = self.conv(self.filters, (3, 3), strides=s3, padding=_pad(3), name="conv2")(y)
         y = self.act(self.norm(name="bn2")(y))
         y = self.conv(4 * self.filters, (1, 1), name="conv3")(y)
         scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
@@ -210,6 +217,8 @@ class ResNet(nn.Module):
       stem: ``"imagenet"`` or ``"cifar"``.
       shortcut: ``"B"`` (projection), ``"A"`` (zero-padded identity) or ``"none"`` (plain net).
       zero_init_residual: zero-initialise each block's last BN scale (Goyal et al. 2017).
+      stride_in_1x1: bottleneck nets only: the stride on each block's first 1x1 conv (ResNet v1)
+        instead of its 3x3 conv (v1.5, torchvision's layout, the default).
       input_channels: expected channels of ``x`` (checked).
       dtype: computation dtype; parameters stay in ``param_dtype``; logits are returned as float32.
       param_dtype: parameter dtype.
@@ -225,6 +234,7 @@ class ResNet(nn.Module):
     stem: str = "imagenet"
     shortcut: str = "B"
     zero_init_residual: bool = False
+    stride_in_1x1: bool = False
     input_channels: int = 3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -249,6 +259,9 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"{name}: zero_init_residual=True with shortcut='none' zeroes every block's output"
             )
+        if self.stride_in_1x1 and getattr(self.block_cls, "expansion", 1) != 4:
+            raise ValueError(f"{name}: stride_in_1x1 applies to Bottleneck blocks only")
+        block_kwargs = {"stride_in_1x1": True} if self.stride_in_1x1 else {}
         check_images(x, self.input_channels, self.downsampling, name)
         # torchvision's BN: momentum 0.1 on the new value (= 0.9 on the old here), eps 1e-5.
         conv, norm = bind_conv_norm(self, train, he_normal, momentum=0.9, epsilon=1e-5)
@@ -271,6 +284,7 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     act=self.act,
                     name=f"stage{i + 1}_block{j + 1}",
+                    **block_kwargs,
                 )(x)
         x = jnp.mean(x, axis=(1, 2))  # (N, C) global average pool
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(

@@ -142,3 +142,29 @@ class AugmentTest(parameterized.TestCase):
             augment.mixup(0.0)
         with pytest.raises(ValueError, match="size"):
             augment.cutout(0)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_crop_reflect_and_edge_modes_shift_the_content(mode):
+    # Issue 24: in these modes a crop that never moves (offset always (p, p)) must fail. Each
+    # output is matched to the one window of NumPy's padded image it equals; the offsets must
+    # vary, include shifted ones, and reach the padded border.
+    p = 2
+    x = np.random.default_rng(5).uniform(size=(48, 5, 6, 1)).astype(np.float32)
+    out = np.asarray(jax.jit(augment.random_crop(p, mode=mode))(KEY, x))
+    padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=mode)
+    offsets = []
+    for o, xp in zip(out, padded, strict=True):
+        hits = [
+            (dy, dx)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            if np.array_equal(o, xp[dy : dy + 5, dx : dx + 6])
+        ]
+        assert len(hits) == 1, f"{mode}: output matches windows {hits} of the padded image"
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 5  # uniform over 25 offsets: 48 draws hit many of them
+    moved = [o != (p, p) for o in offsets]
+    assert sum(moved) > len(x) // 2  # most examples are translated...
+    assert sum(not np.array_equal(o, xi) for o, xi in zip(out, x, strict=True)) == sum(moved)
+    assert any(dy in (0, 2 * p) or dx in (0, 2 * p) for dy, dx in offsets)  # ...into the padding

@@ -78,3 +78,8 @@ __all__ += ["Forecaster", "SequenceClassifier"]
 from jaxdl.models.summary import ModelSummary, count_params, summary  # noqa: E402
 
 __all__ += ["ModelSummary", "count_params", "summary"]
+
+# Transformers (issue 17): GPT with KV-cache sampling, ViT.
+from jaxdl.models.transformer import GPT, ViT, generate, init_cache  # noqa: E402
+
+__all__ += ["GPT", "ViT", "generate", "init_cache"]

@@ -34,3 +34,13 @@ __all__ += ["initializers"]
 from jaxdl.nn.conv import conv_general_dilated, conv_patches, patches_conv  # noqa: E402
 
 __all__ += ["conv_general_dilated", "conv_patches", "patches_conv"]
+
+# Attention (issue 17).
+from jaxdl.nn.attention import (  # noqa: E402
+    MultiHeadAttention,
+    attention_weights,
+    causal_mask,
+    dot_product_attention,
+)
+
+__all__ += ["MultiHeadAttention", "attention_weights", "causal_mask", "dot_product_attention"]

@@ -28,7 +28,7 @@ SMALL = dict(vocab_size=11, block_size=16, num_layers=2, num_heads=2, embed_dim=
 @pytest.fixture(scope="module")
 def small_gpt():
     model = models.GPT(**SMALL)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     return model, params
 
 
@@ -47,10 +47,11 @@ def test_gpt_is_causal(small_gpt):
     """Changing token t' never changes the logits at positions t < t'; it does change t'."""
     model, params = small_gpt
     tokens = jax.random.randint(jax.random.key(2), (1, 16), 0, 11)
-    base = model.apply({"params": params}, tokens)
+    apply = jax.jit(model.apply)
+    base = apply({"params": params}, tokens)
     for tp in (0, 5, 15):
         changed = tokens.at[0, tp].set((tokens[0, tp] + 1) % 11)
-        out = model.apply({"params": params}, changed)
+        out = apply({"params": params}, changed)
         np.testing.assert_array_equal(np.asarray(out[:, :tp]), np.asarray(base[:, :tp]))
         assert not np.allclose(out[:, tp], base[:, tp])
 
@@ -59,8 +60,9 @@ def _sample_python_loop(model, params, prompt, n, key, temperature, top_k):
     """Reference: re-run the whole growing prefix for every token, in a Python loop."""
     keys = jax.random.split(key, n)
     seq = prompt
+    apply = jax.jit(model.apply)
     for i in range(n):
-        logits = model.apply({"params": params}, seq)[:, -1]
+        logits = apply({"params": params}, seq)[:, -1]
         if temperature == 0.0:
             nxt = jnp.argmax(logits, -1)
         else:
@@ -95,17 +97,19 @@ def test_kv_cache_sampling_equals_rerunning_prefix(small_gpt, temperature, top_k
 def test_kv_cache_logits_equal_full_forward(small_gpt):
     model, params = small_gpt
     tokens = jax.random.randint(jax.random.key(5), (2, 10), 0, 11)
-    full = model.apply({"params": params}, tokens)
+    apply = jax.jit(model.apply)
+    full = apply({"params": params}, tokens)
     cache = models.init_cache(model, 2)
-    first, cache = model.apply({"params": params}, tokens[:, :4], cache=cache, cache_index=0)
+    first, cache = apply({"params": params}, tokens[:, :4], cache=cache, cache_index=0)
     outs = [first]
     for t in range(4, 10):
-        lo, cache = model.apply({"params": params}, tokens[:, t : t + 1], cache=cache,
+        lo, cache = apply({"params": params}, tokens[:, t : t + 1], cache=cache,
                                 cache_index=t)  # fmt: skip
         outs.append(lo)
     chex.assert_trees_all_close(jnp.concatenate(outs, 1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_top_k_one_is_greedy(small_gpt):
     model, params = small_gpt
     prompt = jnp.array([[1, 2]])
@@ -143,12 +147,12 @@ VIT = dict(image_size=16, patch_size=4, num_layers=2, num_heads=2, embed_dim=8, 
 def test_vit_shapes_and_layout():
     model = models.ViT(**VIT)
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-    variables = model.init(jax.random.key(1), x)
+    variables = jax.jit(model.init)(jax.random.key(1), x)
     p = variables["params"]
     chex.assert_shape(p["conv_proj"]["kernel"], (4, 4, 3, 8))
     chex.assert_shape(p["class_token"], (1, 1, 8))
     chex.assert_shape(p["encoder"]["pos_embedding"], (1, 17, 8))
-    chex.assert_shape(model.apply(variables, x), (2, 5))
+    chex.assert_shape(jax.jit(model.apply)(variables, x), (2, 5))
     # The patch embedding's equality with torchvision's Conv2d is checked through the whole
     # model in test_vit_matches_torchvision_layout_with_copied_weights.
 

@@ -108,7 +108,7 @@ def train_one(kind: str, T: int, steps: int, c: Config) -> dict:
         return optax.apply_updates(p, u), s, loss
 
     test_mse = jax.jit(loss_fn)
-    curve = {"step": [], "test_mse": []}
+    curve = {"step": [0], "test_mse": [float(test_mse(params, x_test, y_test))]}
     t0 = time.perf_counter()
     for k in tqdm(range(1, steps + 1), desc=f"{kind} T={T}", leave=False):
         params, opt_state, _ = step(params, opt_state, jax.random.fold_in(key, k))
@@ -156,7 +156,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     fig, axes = new_figure(1, n, figsize=(5 * n, 3.8), squeeze=False)
     for ax, (T, per) in zip(axes[0], results.items(), strict=True):
         for kind, r in per.items():
-            ax.semilogy(r["step"], r["test_mse"], label=kind)
+            ax.semilogy(r["step"], r["test_mse"], marker=".", label=kind)
         ax.axhline(1 / 6, color="gray", ls="--", label="predict 1.0")
         ax.axhline(c.solved_mse, color="gray", ls=":", label="solved")
         ax.set(xlabel="training step", ylabel="test MSE", title=f"adding problem, T = {T}")

@@ -187,12 +187,15 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                     label=f"{label} ({summary[kind][c.sizes[0]]['params']:,} params)")  # fmt: skip
     ax.set(xscale="log", xlabel="training images (mnist_5k subset)", ylabel="test accuracy (%)",
            title=f"mean ± std over {len(c.seeds)} seeds, {c.steps} steps each")  # fmt: skip
+    ax.minorticks_off()
     ax.set_xticks(c.sizes, [str(n) for n in c.sizes])
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, os.path.join(workdir, "vit_data_efficiency.png"))
     if last is not None:
-        attention_figure(*last, jnp.asarray(x_te[:8]), os.path.join(workdir, "vit_attention.png"))
+        first_of_each = [int(np.flatnonzero(y_te == d)[0]) for d in range(10)]  # one per class
+        attention_figure(*last, jnp.asarray(x_te[first_of_each]),
+                         os.path.join(workdir, "vit_attention.png"))  # fmt: skip
     for kind in ("cnn", "vit"):
         for n in c.sizes:
             s = summary[kind][n]

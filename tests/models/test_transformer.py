@@ -77,7 +77,11 @@ def _sample_python_loop(model, params, prompt, n, key, temperature, top_k):
 
 @pytest.mark.parametrize(
     "temperature,top_k",
-    [(0.0, None), pytest.param(1.0, None, marks=pytest.mark.slow), (0.8, 3)],
+    [
+        (0.0, None),
+        pytest.param(1.0, None, marks=pytest.mark.slow),
+        pytest.param(0.8, 3, marks=pytest.mark.slow),
+    ],
 )
 def test_kv_cache_sampling_equals_rerunning_prefix(small_gpt, temperature, top_k):
     model, params = small_gpt

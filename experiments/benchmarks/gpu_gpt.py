@@ -54,7 +54,6 @@ def main() -> None:
         logits = model.apply({"params": p}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @jax.jit
     def step(p, s):
         loss, g = jax.value_and_grad(loss_fn)(p)
         u, s = tx.update(g, s, p)

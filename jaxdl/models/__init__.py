@@ -97,3 +97,8 @@ from jaxdl.models.torchvision import (  # noqa: E402
 )
 
 __all__ += ["TORCHVISION_NAMES", "from_torchvision", "torchvision_model"]
+
+# Transformers (issue 17): GPT with KV-cache sampling, ViT.
+from jaxdl.models.transformer import GPT, ViT, generate, init_cache  # noqa: E402
+
+__all__ += ["GPT", "ViT", "generate", "init_cache"]

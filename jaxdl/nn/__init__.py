@@ -74,3 +74,13 @@ from jaxdl.nn.feedback_alignment import (  # noqa: E402
 )
 
 __all__ += ["FeedbackAlignmentDense", "feedback_alignment_dense"]
+
+# Attention (issue 17).
+from jaxdl.nn.attention import (  # noqa: E402
+    MultiHeadAttention,
+    attention_weights,
+    causal_mask,
+    dot_product_attention,
+)
+
+__all__ += ["MultiHeadAttention", "attention_weights", "causal_mask", "dot_product_attention"]

@@ -124,9 +124,10 @@ def _run(opt, params, grads, update):
 
 class AliasesMatchOptax(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.product(case=CASES, lr_kind=("float", "schedule"))
-    def test_matches_optax(self, case, lr_kind):
-        name, ours, theirs, *tol = case
+    # Cases by name: test ids must not hold function reprs (they differ between pytest-xdist workers).
+    @parameterized.product(case_name=[c[0] for c in CASES], lr_kind=("float", "schedule"))
+    def test_matches_optax(self, case_name, lr_kind):
+        name, ours, theirs, *tol = next(c for c in CASES if c[0] == case_name)
         rtol = tol[0] if tol else 1e-4  # optax rounds 1 - beta^t (see _bias_correction)
         lr = 0.02 if lr_kind == "float" else schedule
         params = _params()

@@ -88,12 +88,6 @@ def test_tfds_name_offline_fails_fast_naming_offline_alternatives(tmp_path, monk
     assert time.perf_counter() - start < 30
 
 
-def test_documented_order_is_the_files_class_grouped_order():
-    # The docstring tells users to subset with a permutation because of this; keep them in sync.
-    _, y = data.load("mnist_5k", "train")
-    assert np.all(np.diff(y) >= 0)
-
-
 def test_offline_splits_are_stored_shuffled_so_a_leading_slice_has_every_class():
     """mnist_5k's source file is sorted by class; the stored split order must not be."""
     for name in ("mnist_5k", "digits"):

@@ -191,8 +191,9 @@ def test_loss_scale_bad_arguments(kwargs, match):
 def test_float16_gradients_underflow_without_scaling(mnist_batch):
     """The reason for loss scaling, measured: with a small loss (2**-16 x cross-entropy) the
     float16 backward pass flushes most cotangents to zero (relative error ~1 against float32);
-    scaling by 2**16 before differentiating and dividing after brings the error to float16
-    rounding."""
+    scaling by 2**16 before differentiating and dividing after brings the error down to float16
+    rounding of a whole forward and backward pass (0.018-0.029 on mixed-class batches of
+    mnist_5k, against 1.6-1.8 unscaled)."""
     x, y = mnist_batch
     params = models.MnistCNN().init(jax.random.PRNGKey(0), x[:1])["params"]
     c = 2.0**-16
@@ -215,7 +216,7 @@ def test_float16_gradients_underflow_without_scaling(mnist_batch):
     half = models.MnistCNN(dtype=jnp.float16)
     unscaled, scaled = rel_error(grads(half, 1.0)), rel_error(grads(half, 2.0**16))
     assert unscaled > 0.5
-    assert scaled < 0.01
+    assert scaled < 0.05
 
 
 # --- the train step and fit --------------------------------------------------------------------------

@@ -28,6 +28,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxdl.train.state import path_str
+
 _REPLACING = ".replacing"  # suffix of a new copy written beside an existing checkpoint
 _OLD = ".old"  # suffix of the previous copy during the swap
 
@@ -36,23 +38,8 @@ class CorruptCheckpointError(ValueError):
     """A checkpoint's arrays do not match the digests recorded when it was written."""
 
 
-def _path_name(path: tuple) -> str:
-    """``params/Dense_0/kernel``: one spelling for a leaf whether its tree holds dataclasses,
-    NamedTuples, dicts or lists (a raw orbax restore returns dicts where the saved tree had
-    dataclasses)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def array_digests(tree: Any) -> dict[str, str]:
-    """SHA-256 of each array leaf's bytes, keyed by :func:`_path_name`. Arrays that span several
+    """SHA-256 of each array leaf's bytes, keyed by :func:`jaxdl.train.state.path_str`. Arrays that span several
     processes are skipped (no single process holds them)."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -61,7 +48,7 @@ def array_digests(tree: Any) -> dict[str, str]:
         host = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
         digest = hashlib.sha256(host.tobytes())
         digest.update(f"{host.dtype.str}{host.shape}".encode())
-        out[_path_name(path)] = digest.hexdigest()
+        out[path_str(path)] = digest.hexdigest()
     return out
 
 

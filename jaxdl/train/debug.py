@@ -29,21 +29,8 @@ import optax
 from jaxdl import losses
 from jaxdl.data.batching import iterate_batches
 from jaxdl.train.callbacks import Callback
-from jaxdl.train.state import TrainState, create_train_state
+from jaxdl.train.state import TrainState, create_train_state, path_str
 from jaxdl.train.step import LossFn, make_eval_step, make_train_step
-
-
-def path_str(path: tuple) -> str:
-    """``('Conv_0', 'kernel')`` key path as ``'Conv_0/kernel'``."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def _flat(tree: Any) -> list[tuple[str, Any]]:

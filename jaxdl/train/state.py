@@ -86,6 +86,21 @@ def apply_model(model: nn.Module, variables: dict, x: Any, train: bool, **kwargs
     return model.apply(variables, *args, **named, **train_kwargs(model, train), **kwargs)
 
 
+def path_str(path: tuple) -> str:
+    """A pytree key path as ``'Conv_0/kernel'``: one spelling whether the tree holds dicts,
+    dataclasses, NamedTuples or lists (a raw orbax restore gives dicts where the saved tree had
+    dataclasses, and both must name a leaf alike)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
 def batch_rows(x: Any) -> int:
     """The number of examples in a batch of any form (the first axis of its first array)."""
     leaves = jax.tree.leaves(x)

@@ -55,11 +55,20 @@ _RESNETS = {
 _DENSENETS = {"densenet121": DenseNet121, "densenet169": DenseNet169, "densenet201": DenseNet201}
 _EFFICIENTNETS = {f"efficientnet_b{i}": f"b{i}" for i in range(8)}
 
+# torchvision's VisionTransformer configurations (Dosovitskiy et al. 2021, Table 1).
+_VITS = {
+    "vit_b_16": dict(image_size=224, patch_size=16, num_layers=12, num_heads=12, embed_dim=768, mlp_dim=3072),
+    "vit_b_32": dict(image_size=224, patch_size=32, num_layers=12, num_heads=12, embed_dim=768, mlp_dim=3072),
+    "vit_l_16": dict(image_size=224, patch_size=16, num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=4096),
+    "vit_l_32": dict(image_size=224, patch_size=32, num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=4096),
+}  # fmt: skip
+
 # The classifier's weight, whose first dimension gives num_classes.
 _CLASSIFIER = {
     **{n: "fc.weight" for n in _RESNETS},
     **{n: "classifier.weight" for n in _DENSENETS},
     **{n: "classifier.1.weight" for n in _EFFICIENTNETS},
+    **{n: "heads.head.weight" for n in _VITS},
 }
 
 TORCHVISION_NAMES: tuple[str, ...] = tuple(_CLASSIFIER)
@@ -86,6 +95,10 @@ def torchvision_model(name: str, num_classes: int = 1000, **kwargs: Any) -> Any:
         return _RESNETS[name](num_classes=num_classes, **kwargs)
     if name in _DENSENETS:
         return _DENSENETS[name](num_classes=num_classes, **kwargs)
+    if name in _VITS:
+        from jaxdl.models.transformer import ViT
+
+        return ViT(**{**_VITS[name], **kwargs}, num_classes=num_classes)
     return efficientnet(_EFFICIENTNETS[name], num_classes=num_classes, **kwargs)
 
 
@@ -192,7 +205,8 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]
     Args:
       name: one of :data:`TORCHVISION_NAMES`: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``,
         ``"resnet101"``, ``"resnet152"``, ``"densenet121"``, ``"densenet169"``,
-        ``"densenet201"``, ``"efficientnet_b0"`` ... ``"efficientnet_b7"``.
+        ``"densenet201"``, ``"efficientnet_b0"`` ... ``"efficientnet_b7"``, ``"vit_b_16"``,
+        ``"vit_b_32"``, ``"vit_l_16"``, ``"vit_l_32"`` (ViTs have no ``batch_stats``: ``{}``).
       state_dict: ``model.state_dict()`` of the torchvision model, or the file torchvision's
         weights download to (``torch.load``-ed); values are torch tensors or NumPy arrays. The
         classifier may have any number of classes (a fine-tuned model's).
@@ -223,6 +237,8 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]
             f"from_torchvision: state_dict for {name} has no key {classifier!r} (the classifier)"
         )
     num_classes = int(np.shape(_to_numpy(remaining[classifier], classifier))[0])
+    if name in _VITS:
+        return _vit_from_torchvision(name, remaining, _VITS[name], num_classes)
     model = torchvision_model(name, num_classes=num_classes)
     side = model.downsampling  # the smallest input: the trace needs shapes only
     expected = jax.eval_shape(
@@ -277,3 +293,86 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]
             f"model does not use (a different architecture?)"
         )
     return out
+
+
+def _vit_from_torchvision(
+    name: str, remaining: dict[str, Any], cfg: Mapping[str, int], num_classes: int
+) -> dict[str, Any]:
+    """torchvision's ``VisionTransformer`` state_dict -> :class:`jaxdl.models.ViT` params.
+
+    The fused attention input projection ``in_proj_weight`` ``(3D, D)`` (rows: query, key, value;
+    PyTorch's ``y = x W^T + b``) becomes three kernels ``(D, heads, head_dim)`` (flax's
+    ``MultiHeadDotProductAttention`` layout), ``out_proj.weight`` ``(D, D)`` the ``out`` kernel
+    ``(heads, head_dim, D)``; the patch convolution OIHW -> HWIO; linear layers transposed.
+    """
+    from jaxdl.models.transformer import ViT
+
+    d, h = cfg["embed_dim"], cfg["num_heads"]
+    hd = d // h
+
+    def take(key: str) -> np.ndarray:
+        if key not in remaining:
+            raise ValueError(f"from_torchvision: state_dict for {name} is missing key {key!r}")
+        return _to_numpy(remaining.pop(key), key).astype(np.float32)
+
+    def norm(prefix: str) -> dict[str, np.ndarray]:
+        return {"scale": take(f"{prefix}.weight"), "bias": take(f"{prefix}.bias")}
+
+    def linear(prefix: str) -> dict[str, np.ndarray]:
+        return {"kernel": take(f"{prefix}.weight").T, "bias": take(f"{prefix}.bias")}
+
+    encoder: dict[str, Any] = {"pos_embedding": take("encoder.pos_embedding")}
+    for i in range(cfg["num_layers"]):
+        pre = f"encoder.layers.encoder_layer_{i}"
+        w_in = take(f"{pre}.self_attention.in_proj_weight")  # (3D, D)
+        b_in = take(f"{pre}.self_attention.in_proj_bias")  # (3D,)
+        attention = {
+            n: {
+                "kernel": w_in[j * d : (j + 1) * d].T.reshape(d, h, hd),
+                "bias": b_in[j * d : (j + 1) * d].reshape(h, hd),
+            }
+            for j, n in enumerate(("query", "key", "value"))
+        }
+        attention["out"] = {
+            "kernel": take(f"{pre}.self_attention.out_proj.weight").T.reshape(h, hd, d),
+            "bias": take(f"{pre}.self_attention.out_proj.bias"),
+        }
+        encoder[f"encoder_layer_{i}"] = {
+            "ln_1": norm(f"{pre}.ln_1"),
+            "self_attention": attention,
+            "ln_2": norm(f"{pre}.ln_2"),
+            "mlp_0": linear(f"{pre}.mlp.0"),
+            "mlp_3": linear(f"{pre}.mlp.3"),
+        }
+    encoder["ln"] = norm("encoder.ln")
+    params = {
+        "class_token": take("class_token"),
+        "conv_proj": {
+            "kernel": take("conv_proj.weight").transpose(2, 3, 1, 0),
+            "bias": take("conv_proj.bias"),
+        },
+        "encoder": encoder,
+        "head": linear("heads.head"),
+    }
+    if remaining:
+        keys = sorted(remaining)
+        more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+        raise ValueError(
+            f"from_torchvision: state_dict for {name} has key {keys[0]!r}{more} that the jaxdl "
+            "model does not use (a different architecture?)"
+        )
+    model = ViT(**cfg, num_classes=num_classes)
+    side = cfg["image_size"]
+    expected = jax.eval_shape(
+        model.init, jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3), jnp.float32)
+    )["params"]
+    want = traverse_util.flatten_dict(expected)
+    got = traverse_util.flatten_dict(params)
+    for path, spec in want.items():
+        if path not in got or got[path].shape != spec.shape:
+            found = None if path not in got else got[path].shape
+            raise ValueError(
+                f"from_torchvision: {name}'s params/{'/'.join(path)} needs shape {spec.shape}, "
+                f"the state_dict gives {found}"
+            )
+    return {"params": jax.tree.map(jnp.asarray, params), "batch_stats": {}}

@@ -72,7 +72,10 @@ def test_logits_equal_torchvision_in_float64(name):
 
 
 def test_every_manifest_is_checked():
-    assert sorted(MANIFESTS) == sorted(models.TORCHVISION_NAMES) == sorted(LOGITS)
+    # The ViTs are checked against torch modules under torchvision's key names (test at the end);
+    # the fixtures (torchvision 0.28's own models) cover every CNN.
+    cnns = [n for n in models.TORCHVISION_NAMES if not n.startswith("vit_")]
+    assert sorted(MANIFESTS) == sorted(cnns) == sorted(LOGITS)
 
 
 @pytest.mark.parametrize(
@@ -140,3 +143,63 @@ def test_errors_name_the_key():
         models.from_torchvision("resnet18", _state_dict("resnet34"))
     # num_batches_tracked may be absent: nothing needs it
     models.from_torchvision("resnet18", {k: v for k, v in sd.items() if "num_batches" not in k})
+
+
+def test_vit_state_dict_from_torch_modules_gives_torchs_logits(monkeypatch):
+    """A tiny VisionTransformer written with torch.nn modules under torchvision's key names (its
+    own random init), converted by from_torchvision("vit_b_16"): jaxdl's ViT gives torch's logits."""
+    torch = pytest.importorskip("torch")
+    from jaxdl.models import torchvision as tv
+
+    cfg = dict(image_size=16, patch_size=8, num_layers=2, num_heads=2, embed_dim=8, mlp_dim=16)
+    monkeypatch.setitem(tv._VITS, "vit_b_16", cfg)
+    torch.manual_seed(0)
+    tnn, d = torch.nn, cfg["embed_dim"]
+    mods = tnn.ModuleDict(
+        {
+            "conv_proj": tnn.Conv2d(3, d, 8, 8),
+            "heads": tnn.ModuleDict({"head": tnn.Linear(d, 5)}),
+        }
+    )
+    layers = tnn.ModuleDict()
+    for i in range(2):
+        layers[f"encoder_layer_{i}"] = tnn.ModuleDict(
+            {
+                "ln_1": tnn.LayerNorm(d, eps=1e-6),
+                "self_attention": tnn.MultiheadAttention(d, 2, batch_first=True),
+                "ln_2": tnn.LayerNorm(d, eps=1e-6),
+                "mlp": tnn.Sequential(
+                    tnn.Linear(d, 16), tnn.GELU(), tnn.Dropout(0.0), tnn.Linear(16, d)
+                ),
+            }
+        )
+    encoder = tnn.Module()
+    encoder.pos_embedding = tnn.Parameter(torch.randn(1, 5, d) * 0.5)
+    encoder.layers = layers
+    encoder.ln = tnn.LayerNorm(d, eps=1e-6)
+    mods["encoder"] = encoder
+    class_token = tnn.Parameter(torch.randn(1, 1, d) * 0.5)
+    for p in mods.parameters():  # move biases and LayerNorms off their trivial init
+        p.data += 0.1 * torch.randn_like(p)
+    state_dict = {"class_token": class_token.detach(), **mods.state_dict()}
+
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    with torch.no_grad():
+        t = mods["conv_proj"](torch.tensor(x).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+        t = torch.cat([class_token.expand(2, -1, -1), t], 1) + encoder.pos_embedding
+        for layer in layers.values():
+            h = layer["ln_1"](t)
+            t = t + layer["self_attention"](h, h, h, need_weights=False)[0]
+            t = t + layer["mlp"](layer["ln_2"](t))
+        want = mods["heads"]["head"](encoder.ln(t)[:, 0]).numpy()
+
+    variables = models.from_torchvision("vit_b_16", state_dict)
+    got = models.ViT(**cfg, num_classes=5).apply({"params": variables["params"]}, x)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+    extra = {**state_dict, "encoder.extra.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match="encoder.extra.weight"):
+        models.from_torchvision("vit_b_16", extra)
+    missing = {k: v for k, v in state_dict.items() if k != "encoder.ln.bias"}
+    with pytest.raises(ValueError, match="encoder.ln.bias"):
+        models.from_torchvision("vit_b_16", missing)

@@ -61,21 +61,23 @@ def _check_logits(name, x64):
     assert np.abs(ref[0] - ref[1]).max() > 100 * tol
 
 
+# The fixtures (torchvision 0.28's own models) cover every CNN; the ViTs are checked against torch
+# modules under torchvision's key names (the test at the end of this file).
+CNN_NAMES = [n for n in models.TORCHVISION_NAMES if not n.startswith("vit_")]
+
+
 def test_resnet18_logits_equal_torchvision_in_float32():
     _check_logits("resnet18", x64=False)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", models.TORCHVISION_NAMES)
+@pytest.mark.parametrize("name", CNN_NAMES)
 def test_logits_equal_torchvision_in_float64(name):
     _check_logits(name, x64=True)
 
 
 def test_every_manifest_is_checked():
-    # The ViTs are checked against torch modules under torchvision's key names (test at the end);
-    # the fixtures (torchvision 0.28's own models) cover every CNN.
-    cnns = [n for n in models.TORCHVISION_NAMES if not n.startswith("vit_")]
-    assert sorted(MANIFESTS) == sorted(cnns) == sorted(LOGITS)
+    assert sorted(MANIFESTS) == sorted(CNN_NAMES) == sorted(LOGITS)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +86,7 @@ def test_every_manifest_is_checked():
         n
         if n in ("resnet50", "densenet121", "efficientnet_b0")
         else pytest.param(n, marks=pytest.mark.slow)
-        for n in models.TORCHVISION_NAMES
+        for n in CNN_NAMES
     ],
 )
 def test_other_names_convert_with_matching_shapes(name):

@@ -114,7 +114,9 @@ def check_graph(
                 )
 
 
-def _as_arrays(senders, receivers, edge_mask, node_mask):
+def _checked_inputs(x, senders, receivers, edge_mask, node_mask, where):
+    """:func:`check_graph`, then the edge arrays as JAX arrays (a layer's shared prologue)."""
+    check_graph(x, senders, receivers, edge_mask, node_mask, where)
     # Lists and NumPy arrays are accepted; JAX indexing needs arrays, and int32 halves index traffic.
     def mask(m):
         return None if m is None else jnp.asarray(m, bool)
@@ -307,9 +309,8 @@ class GCNConv(nn.Module):
     ) -> Array:
         if self.features <= 0:
             raise ValueError(f"GCNConv: features must be positive, got {self.features}")
-        check_graph(x, senders, receivers, edge_mask, node_mask, "GCNConv")
-        senders, receivers, edge_mask, node_mask = _as_arrays(
-            senders, receivers, edge_mask, node_mask
+        senders, receivers, edge_mask, node_mask = _checked_inputs(
+            x, senders, receivers, edge_mask, node_mask, "GCNConv"
         )
         n = jnp.shape(x)[0]
         kernel = self.param(
@@ -380,11 +381,10 @@ class GATConv(nn.Module):
             )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"GATConv: dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        check_graph(x, senders, receivers, edge_mask, node_mask, "GATConv")
-        n, f = jnp.shape(x)
-        senders, receivers, edge_mask, node_mask = _as_arrays(
-            senders, receivers, edge_mask, node_mask
+        senders, receivers, edge_mask, node_mask = _checked_inputs(
+            x, senders, receivers, edge_mask, node_mask, "GATConv"
         )
+        n, f = jnp.shape(x)
         H, C = self.num_heads, self.features
         kernel = self.param("kernel", self.kernel_init, (f, H, C), jnp.float32)
         att_init = nn.initializers.glorot_uniform(in_axis=-1, out_axis=-2)
@@ -445,9 +445,8 @@ class GINConv(nn.Module):
     ) -> Array:
         if self.features <= 0:
             raise ValueError(f"GINConv: features must be positive, got {self.features}")
-        check_graph(x, senders, receivers, edge_mask, node_mask, "GINConv")
-        senders, receivers, edge_mask, node_mask = _as_arrays(
-            senders, receivers, edge_mask, node_mask
+        senders, receivers, edge_mask, node_mask = _checked_inputs(
+            x, senders, receivers, edge_mask, node_mask, "GINConv"
         )
         x = jnp.asarray(x, jnp.float32)
         agg = propagate(x, senders, receivers, edge_mask, x.shape[0])  # (N, F): sum over j -> i

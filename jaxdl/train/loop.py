@@ -107,26 +107,20 @@ def _cached(factory, model, *args):
         return factory.__wrapped__(model, *args)
 
 
-def _padded_batches(x: Any, batch_size: int) -> Iterable[tuple[Any, np.ndarray, int]]:
-    """In-order batches of ``x``, the last padded by repeating its final row: ``(xb, mask, n)``."""
-    n = inputs.num_rows(x)
+def _padded_indices(n: int, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray, int]]:
+    """In-order row indices of ``n`` examples in batches of ``min(batch_size, n)``, the last
+    padded by repeating its final row (one compiled shape): ``(idx, mask, real rows)``."""
     b = min(batch_size, n)
     for start in range(0, n, b):
         idx = np.arange(start, min(start + b, n))
         real = len(idx)
-        idx = np.concatenate([idx, np.full(b - real, idx[-1])])
         mask = (np.arange(b) < real).astype(np.float32)
-        yield inputs.take(x, idx), mask, real
+        yield np.concatenate([idx, np.full(b - real, idx[-1])]), mask, real
 
 
 def _evaluate(eval_step, state: TrainState, x, y, batch_size: int, prefix: str = ""):
-    n = len(y)
-    b = min(batch_size, n)
     sums = None
-    for start in range(0, n, b):
-        idx = np.arange(start, min(start + b, n))
-        mask = (np.arange(b) < len(idx)).astype(np.float32)
-        idx = np.concatenate([idx, np.full(b - len(idx), idx[-1])])  # one compiled shape
+    for idx, mask, _ in _padded_indices(len(y), batch_size):
         m = eval_step(state, inputs.take(x, idx), y[idx], mask)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
     return _summarise(sums, prefix)
@@ -178,8 +172,8 @@ def predict(
     variables = _variables(state)
     step = _cached(_predict_step, model)
     pieces = []
-    for xb, _, real in _padded_batches(x, batch_size):
-        out = jax.device_get(step(variables, xb))
+    for idx, _, real in _padded_indices(inputs.num_rows(x), batch_size):
+        out = jax.device_get(step(variables, inputs.take(x, idx)))
         pieces.append(jax.tree.map(lambda a, r=real: np.asarray(a)[:r], out))
     return jax.tree.map(lambda *a: np.concatenate(a), *pieces)
 

@@ -84,3 +84,7 @@ from jaxdl.nn.attention import (  # noqa: E402
 )
 
 __all__ += ["MultiHeadAttention", "attention_weights", "causal_mask", "dot_product_attention"]
+
+from jaxdl.nn.normalization import BatchNorm, batch_norm  # noqa: E402
+
+__all__ += ["BatchNorm", "batch_norm"]

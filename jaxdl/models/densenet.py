@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.models.resnet import ModuleDef, bind_conv_norm, check_images
+from jaxdl.nn.conv import Conv
 
 # He et al.'s normal init with the fan-in (torchvision's kaiming_normal_ default for DenseNet).
 he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -83,7 +84,7 @@ class DenseNet(nn.Module):
     input_channels: int = 3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv  # jaxdl.nn.Conv: flax's parameters, jaxdl's lowerings
     norm: ModuleDef = nn.BatchNorm
     act: Callable[[jax.Array], jax.Array] = nn.relu
 

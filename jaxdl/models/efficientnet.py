@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.models.resnet import ModuleDef, bind_conv_norm, check_images
+from jaxdl.nn.conv import Conv
 
 
 class StageSpec(NamedTuple):
@@ -274,7 +275,7 @@ class EfficientNet(nn.Module):
     input_channels: int = 3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv  # jaxdl.nn.Conv: flax's parameters, jaxdl's lowerings
     norm: ModuleDef = nn.BatchNorm
     act: Callable[[jax.Array], jax.Array] = nn.swish
 

@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn.conv import Conv
+
 ModuleDef = Any
 
 # He et al. initialise convs "as in [He et al. 2015b]": zero-mean normal with variance 2 / n.
@@ -238,7 +240,7 @@ class ResNet(nn.Module):
     input_channels: int = 3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv  # jaxdl.nn.Conv: flax's parameters, jaxdl's lowerings
     norm: ModuleDef = nn.BatchNorm
     act: Callable[[jax.Array], jax.Array] = nn.relu
 

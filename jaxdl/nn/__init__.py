@@ -31,9 +31,14 @@ from jaxdl.nn import initializers  # noqa: E402
 
 __all__ += ["initializers"]
 
-from jaxdl.nn.conv import conv_general_dilated, conv_patches, patches_conv  # noqa: E402
+from jaxdl.nn.conv import (  # noqa: E402
+    conv_general_dilated,
+    conv_patches,
+    depthwise_conv,
+    patches_conv,
+)
 
-__all__ += ["conv_general_dilated", "conv_patches", "patches_conv"]
+__all__ += ["conv_general_dilated", "conv_patches", "depthwise_conv", "patches_conv"]
 
 from jaxdl.nn.conv import Conv  # noqa: E402
 

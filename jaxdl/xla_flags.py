@@ -32,6 +32,8 @@ both concern the CPU backend only. They are applied
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
 from typing import Any
@@ -42,7 +44,9 @@ __all__ = [
     "TRAIN_STEP_OPTIONS",
     "apply",
     "backend_started",
+    "check_differentiated",
     "train_step_compiler_options",
+    "tuned_step",
 ]
 
 CPU_FLAGS: dict[str, str] = {"xla_cpu_enable_concurrency_optimized_scheduler": "false"}
@@ -127,3 +131,52 @@ def train_step_compiler_options(environ: dict[str, str] | None = None) -> dict[s
     present = _user_flags(env)
     options = {k: v for k, v in TRAIN_STEP_OPTIONS.items() if k not in present}
     return options or None
+
+
+# ---- the one-time warning for a train step compiled without the option -------------------------
+
+_tuned_depth = contextvars.ContextVar("jaxdl_tuned_step", default=0)
+_warned = False
+
+
+@contextlib.contextmanager
+def tuned_step():
+    """Mark the code traced inside as a train step compiled with
+    :func:`train_step_compiler_options` (:func:`jaxdl.train.jit_train_step` enters it while JAX
+    traces the step), so :func:`check_differentiated` stays quiet."""
+    token = _tuned_depth.set(_tuned_depth.get() + 1)
+    try:
+        yield
+    finally:
+        _tuned_depth.reset(token)
+
+
+def _is_differentiated(x: Any) -> bool:
+    # A parameter seen through jax.grad/jax.vjp/jax.linearize is a JVP or linearize tracer.
+    return type(x).__name__ in ("JVPTracer", "LinearizeTracer")
+
+
+def check_differentiated(param: Any, layer: str) -> None:
+    """Warn once per process when ``param`` (a layer's weight) is being differentiated outside a
+    :func:`tuned_step`, on the CPU backend where :func:`train_step_compiler_options` applies.
+
+    Called by :class:`jaxdl.nn.Conv`: a convolutional train step jitted by hand without the option
+    runs its convolutions through the YNNPACK library's kernels, 1.5-2.5x slower on the course's
+    CNN (``docs/performance.md``). The warning names the one-line fix.
+    """
+    global _warned
+    if _warned or _tuned_depth.get() or not _is_differentiated(param):
+        return
+    if not train_step_compiler_options():
+        return
+    _warned = True
+    warnings.warn(
+        f"jaxdl: a train step through {layer} is being compiled without jaxdl's train-step "
+        "compiler option, so on CPU its convolutions run through kernels that measured 1.5-2.5x "
+        "slower (docs/performance.md). Compile your step with "
+        "`jaxdl.train.jit_train_step(step_fn)` (jax.jit with the state donated and the option), "
+        "or pass `compiler_options=jaxdl.xla_flags.train_step_compiler_options()` to jax.jit "
+        "and wrap the step's body in `jaxdl.xla_flags.tuned_step()` to silence this.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

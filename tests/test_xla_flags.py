@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from jaxdl import xla_flags
@@ -84,3 +85,61 @@ def test_the_flags_take_effect_in_a_fresh_process():
     # scheduler flag is in the environment XLA reads; opted out, neither
     assert run({}) == "XLA_CONV SCHED"
     assert run({"JAXDL_XLA_FLAGS": "0"}) == "YNN_CONV"
+
+
+# ---- the one-time warning for a hand-jitted train step -----------------------------------------
+
+
+def _cnn_and_data():
+    import jax.numpy as jnp
+
+    from jaxdl import models
+
+    model = models.MnistCNN()
+    x, y = jnp.ones((2, 28, 28, 1)), jnp.zeros(2, jnp.int32)
+    return model, model.init(jax.random.key(0), x)["params"], x, y
+
+
+def _hand_grad(model, x, y):
+    from jaxdl import losses
+
+    def loss(p):
+        logits = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(1)})
+        return losses.cross_entropy(logits, y)
+
+    return jax.jit(jax.grad(loss))
+
+
+def test_hand_jitted_train_step_warns_once_and_library_steps_do_not(monkeypatch):
+    import warnings
+
+    from jaxdl import optim, train
+
+    monkeypatch.setattr(xla_flags, "_warned", False)
+    expected = bool(xla_flags.train_step_compiler_options())
+    model, params, x, y = _cnn_and_data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = train.create_train_state(model, optim.adam(1e-3), x, 0)
+        train.make_train_step(model, optim.adam(1e-3))(state, x, y)  # jit_train_step: quiet
+        jax.jit(lambda p: model.apply({"params": p}, x))(params)  # inference: quiet
+        assert not [w for w in caught if "train-step compiler option" in str(w.message)]
+        _hand_grad(model, x, y)(params)
+        _hand_grad(model, 2 * x, y)(params)  # once per process
+    mine = [w for w in caught if "train-step compiler option" in str(w.message)]
+    assert len(mine) == (1 if expected else 0)
+    if expected:
+        assert "jaxdl.train.jit_train_step" in str(mine[0].message)
+
+
+def test_tuned_step_context_silences_a_hand_jitted_step(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(xla_flags, "_warned", False)
+    model, params, x, y = _cnn_and_data()
+    grad = _hand_grad(model, x, y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with xla_flags.tuned_step():
+            grad(params)
+    assert not [w for w in caught if "train-step compiler option" in str(w.message)]

@@ -52,8 +52,8 @@ class MnistCNN(nn.Module):
 
     Speed: on CPU the training pass uses the lowerings measured fastest under jaxdl's train-step
     compiler options (:func:`jaxdl.train.make_train_step` and ``fit`` apply them); a train step
-    jitted by hand should pass ``compiler_options=jaxdl.xla_flags.train_step_compiler_options()``
-    to ``jax.jit`` (see :mod:`jaxdl.xla_flags`).
+    written by hand gets them from :func:`jaxdl.train.jit_train_step` in place of ``jax.jit``
+    (a hand-jitted step without them warns once; see :mod:`jaxdl.xla_flags`).
 
     Attributes:
       num_classes: output width (10 for MNIST).

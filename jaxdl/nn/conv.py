@@ -63,6 +63,7 @@ import numpy as np
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
+from jaxdl import xla_flags
 from jaxdl.nn.bias import bias_add, column_sum
 
 __all__ = [
@@ -538,6 +539,7 @@ class Conv(fnn.Module):
             )
         shape = (*self.kernel_size, c // groups, self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        xla_flags.check_differentiated(kernel, "jaxdl.nn.Conv")
         bias = None
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)

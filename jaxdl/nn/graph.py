@@ -117,6 +117,7 @@ def check_graph(
 def _checked_inputs(x, senders, receivers, edge_mask, node_mask, where):
     """:func:`check_graph`, then the edge arrays as JAX arrays (a layer's shared prologue)."""
     check_graph(x, senders, receivers, edge_mask, node_mask, where)
+
     # Lists and NumPy arrays are accepted; JAX indexing needs arrays, and int32 halves index traffic.
     def mask(m):
         return None if m is None else jnp.asarray(m, bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -75,8 +76,14 @@ def jit_train_step(fn: Callable[..., Any], donate: bool = True, **jit_kwargs: An
     donated, and :func:`jaxdl.xla_flags.train_step_compiler_options` (the XLA:CPU option that made
     the course's CNN fast; empty elsewhere or with ``JAXDL_XLA_FLAGS=0``). Use it for a train step
     you write yourself to get the same program."""
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with xla_flags.tuned_step():  # traced here with the option: no performance warning
+            return fn(*args, **kwargs)
+
     return jax.jit(
-        fn,
+        traced,
         donate_argnums=(0,) if donate else (),
         compiler_options=xla_flags.train_step_compiler_options(),
         **jit_kwargs,

@@ -12,6 +12,9 @@ count, and the ratio jaxdl/peer of the medians.
 On CPU, ``jaxdl`` trains the LSTM data-parallel over one CPU device per thread (``threads``, all
 cores by default; :func:`jaxdl.train.parallel.make_shard_map_train_step`), and ``jaxdl_1dev``
 runs the same step on a single device, so the table shows what the per-core devices buy.
+``jaxdl_hand`` is the train step a researcher writes by hand (``jax.value_and_grad``,
+:func:`jaxdl.optim.adam`, one donated ``jax.jit``) on jaxdl's models, and ``jaxdl_hand_jts`` the
+same function compiled by :func:`jaxdl.train.jit_train_step`.
 
 The peers live in the ``bench`` extra (``pip install -e ".[bench]"``); run from the environment
 that has them (a framework that does not import is reported as skipped)::
@@ -37,7 +40,8 @@ from experiments.benchmarks._harness import DESCRIPTIONS, WORKLOADS
 from experiments.benchmarks.bench_jaxdl import DATA_PARALLEL
 from experiments.common import new_figure, parse_config, save_figure, save_json
 
-FRAMEWORKS = ("jaxdl", "jaxdl_1dev", "flax", "torch", "keras")
+FRAMEWORKS = ("jaxdl", "jaxdl_1dev", "jaxdl_hand", "jaxdl_hand_jts", "flax", "torch", "keras")
+HAND_WORKLOADS = ("cnn_train", "lstm_train")  # where the hand-written steps are timed
 TTA_FRAMEWORKS = ("jaxdl", "keras")
 
 
@@ -180,6 +184,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
             if wl == "cnn_tta" and fw not in TTA_FRAMEWORKS:
                 continue
             if fw == "jaxdl_1dev" and wl not in DATA_PARALLEL:  # elsewhere it equals jaxdl
+                continue
+            if fw.startswith("jaxdl_hand") and wl not in HAND_WORKLOADS:
                 continue
             r = _run_one(fw, wl, cfg, workdir, config)
             if "skipped" in r:

@@ -79,6 +79,44 @@ def make_data(workload: str, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
 
 
+# ---- the machine's limit ----------------------------------------------------------------------
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """This CPU's float32 matmul rate through XLA (GFLOP/s): the best of ``repeats`` calls of a
+    jitted ``n x n`` ``jnp.dot``. Imports JAX; call it in a process of its own
+    (:func:`matmul_peak_subprocess`) so that it does not start a peer's backend."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    import jaxdl  # noqa: F401 (its XLA:CPU flags, as in the jaxdl processes)
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, a))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(dot(a, a))
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+def matmul_peak_subprocess(python: str = "") -> float:
+    """:func:`matmul_peak` in a fresh process (NaN if it fails)."""
+    import subprocess
+    import sys
+
+    code = "from experiments.benchmarks._harness import matmul_peak; print(matmul_peak())"
+    proc = subprocess.run([python or sys.executable, "-c", code], capture_output=True, text=True)
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return float("nan")
+
+
 # ---- timing ----------------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from experiments.benchmarks._harness import DESCRIPTIONS, WORKLOADS
+from experiments.benchmarks._harness import DESCRIPTIONS, WORKLOADS, matmul_peak_subprocess
 from experiments.benchmarks.bench_jaxdl import DATA_PARALLEL
 from experiments.common import new_figure, parse_config, save_figure, save_json
 
@@ -105,15 +105,17 @@ def _run_one(framework: str, workload: str, cfg: dict, workdir: str, config: Con
     return result
 
 
-def ratio_table(results: list[dict]) -> tuple[list[dict], str]:
+def ratio_table(results: list[dict], peak: float = float("nan")) -> tuple[list[dict], str]:
     """jaxdl's median over each peer's (throughputs: higher is better; time-to-accuracy: the
-    peer's seconds over jaxdl's, so > 1 also means jaxdl is faster)."""
+    peer's seconds over jaxdl's, so > 1 also means jaxdl is faster); GFLOP/s also as a share of
+    the measured matmul ``peak``."""
     by = {(r["framework"], r["workload"]): r for r in results if "skipped" not in r}
     rows, lines = [], []
     lines.append(
-        "| workload | framework | median | spread (min-max) | GFLOP/s | first call s | jaxdl / framework |"
+        "| workload | framework | median | spread (min-max) | GFLOP/s | % of matmul peak "
+        "| first call s | jaxdl / framework |"
     )
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for (fw, wl), r in by.items():
         ours = by.get(("jaxdl", wl))
         if wl == "cnn_tta":
@@ -126,17 +128,20 @@ def ratio_table(results: list[dict]) -> tuple[list[dict], str]:
             median = (
                 f"{value:.1f} s ({r['epochs']} epochs{'' if r['reached'] else ', not reached'})"
             )
-            spread, gflops, first = "", "", ""
+            spread, gflops, share, first = "", "", "", ""
         else:
             value = r["median"]
             ratio = value and ours["median"] / value if ours else None
             median = f"{value:,.0f} ex/s"
             spread = f"{r['min']:,.0f}-{r['max']:,.0f}"
             gflops = f"{r['gflops_per_s']:.1f}"
+            share = f"{100 * r['gflops_per_s'] / peak:.0f}%" if peak == peak else ""
             first = f"{r['first_call_s']:.2f}"
         rows.append({"workload": wl, "framework": fw, "value": value, "ratio": ratio})
         ratio_s = "" if ratio is None or fw == "jaxdl" else f"{ratio:.2f}x"
-        lines.append(f"| {wl} | {fw} | {median} | {spread} | {gflops} | {first} | {ratio_s} |")
+        lines.append(
+            f"| {wl} | {fw} | {median} | {spread} | {gflops} | {share} | {first} | {ratio_s} |"
+        )
     return rows, "\n".join(lines) + "\n"
 
 
@@ -178,6 +183,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         _mnist_npz(cfg["mnist_npz"])
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load_before = os.getloadavg()
+    peak = matmul_peak_subprocess(config.python)
+    print(f"matmul peak: {peak:.0f} GFLOP/s", flush=True)
     results = []
     for wl in config.workloads:
         for fw in config.frameworks:
@@ -195,7 +202,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
             else:
                 print(f"[{fw}] {wl}: {r['seconds']:.1f} s, {r['epochs']} epochs", flush=True)
             results.append(r)
-    rows, table = ratio_table(results)
+    rows, table = ratio_table(results, peak)
+    table = f"CPU float32 matmul peak (2048^3 jnp.dot, best of 10): {peak:.0f} GFLOP/s\n\n" + table
     print(table)
     meta = {
         "started_utc": started,
@@ -208,7 +216,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     }
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(table)
-    out = {"config": cfg, "meta": meta, "results": results, "ratios": rows}
+    out = {"config": cfg, "meta": meta, "matmul_gflops": peak, "results": results, "ratios": rows}
     save_json(out, os.path.join(workdir, "results.json"))
     plot(results, os.path.join(workdir, "throughput.png"))
     return out

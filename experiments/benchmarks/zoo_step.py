@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.benchmarks._harness import matmul_peak_subprocess
+
 MODELS = ("resnet20", "resnet56", "densenet100", "efficientnet_b0")
 MODES = ("train", "infer")
 FRAMEWORKS = ("jaxdl", "torch")
@@ -85,8 +87,16 @@ def jaxdl_model(name: str):
 
 
 def forward_flops(model, variables, x) -> float:
-    """Analytic FLOPs of one forward pass: convolutions and matrix products from the jaxpr."""
+    """Analytic FLOPs of one forward pass per example: every convolution and matrix product of the
+    jaxpr. Counted on the same network built with ``flax.linen.Conv`` (same parameters), whose
+    convolutions are all ``conv_general_dilated``: jaxdl's depthwise layers are multiply-adds
+    that would otherwise escape the count."""
+    import flax.linen as fnn
     import jax
+    import jax.extend
+
+    if hasattr(model, "conv"):
+        model = model.clone(conv=fnn.Conv)
 
     jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
     total = 0.0
@@ -106,7 +116,7 @@ def forward_flops(model, variables, x) -> float:
                 (lc, _), (lb, _) = eqn.params["dimension_numbers"]
                 k = np.prod([lhs.shape[d] for d in lc])
                 total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * k
-            for sub in jax.core.jaxprs_in_params(eqn.params):
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jaxpr.jaxpr)
@@ -326,36 +336,15 @@ def run_torch(name: str, mode: str, cfg: dict) -> dict:
     return {**out, "versions": {"torch": torch.__version__}}
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """This CPU's float32 matmul rate through XLA (GFLOP/s), the best of ``repeats`` calls."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, a))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(dot(a, a))
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
-
-
 # ---- driver ----------------------------------------------------------------------------------
 
 
 def _child(args: argparse.Namespace) -> None:
     cfg = json.loads(args.config)
-    if args.framework == "peak":
-        import jaxdl  # noqa: F401 (its XLA:CPU flags, as in the jaxdl processes)
-
-        result: dict[str, Any] = {"matmul_gflops": matmul_peak()}
-    else:
-        if args.framework == "jaxdl":
-            import jaxdl  # noqa: F401 (before the backend starts: jaxdl.xla_flags)
-        run = run_jaxdl if args.framework == "jaxdl" else run_torch
-        result = run(args.model, args.mode, cfg)
+    if args.framework == "jaxdl":
+        import jaxdl  # noqa: F401 (before the backend starts: jaxdl.xla_flags)
+    run = run_jaxdl if args.framework == "jaxdl" else run_torch
+    result: dict[str, Any] = run(args.model, args.mode, cfg)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 
@@ -410,7 +399,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     cfg = dataclasses.asdict(config)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load_before = os.getloadavg()
-    peak = _spawn("peak", "-", "-", cfg, workdir).get("matmul_gflops", float("nan"))
+    peak = matmul_peak_subprocess()
     print(f"matmul peak: {peak:.0f} GFLOP/s", flush=True)
     results = []
     for model in config.models:

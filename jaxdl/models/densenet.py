@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxdl.models.resnet import ModuleDef, bind_conv_norm, check_images
 from jaxdl.nn.conv import Conv
+from jaxdl.nn.normalization import BatchNorm
 
 # He et al.'s normal init with the fan-in (torchvision's kaiming_normal_ default for DenseNet).
 he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -85,7 +86,7 @@ class DenseNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     conv: ModuleDef = Conv  # jaxdl.nn.Conv: flax's parameters, jaxdl's lowerings
-    norm: ModuleDef = nn.BatchNorm
+    norm: ModuleDef = BatchNorm  # jaxdl.nn.BatchNorm: flax's variables, GEMV sums
     act: Callable[[jax.Array], jax.Array] = nn.relu
 
     @property

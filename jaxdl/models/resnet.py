@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.nn.conv import Conv
+from jaxdl.nn.materialize import materialize
+from jaxdl.nn.normalization import BatchNorm
 
 ModuleDef = Any
 
@@ -161,7 +163,9 @@ class BasicBlock(nn.Module):
         scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         y = self.norm(scale_init=scale_init, name="bn2")(y)
         r = _shortcut(x, self.filters, self.strides, self.shortcut, self.conv, self.norm)
-        return self.act(y if r is None else y + r)
+        # the block output feeds the next block twice (conv and shortcut): computed once, see
+        # jaxdl.nn.materialize
+        return materialize(self.act(y if r is None else y + r))
 
 
 class Bottleneck(nn.Module):
@@ -196,7 +200,9 @@ class Bottleneck(nn.Module):
         scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         y = self.norm(scale_init=scale_init, name="bn3")(y)
         r = _shortcut(x, 4 * self.filters, self.strides, self.shortcut, self.conv, self.norm)
-        return self.act(y if r is None else y + r)
+        # the block output feeds the next block twice (conv and shortcut): computed once, see
+        # jaxdl.nn.materialize
+        return materialize(self.act(y if r is None else y + r))
 
 
 class ResNet(nn.Module):
@@ -241,7 +247,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     conv: ModuleDef = Conv  # jaxdl.nn.Conv: flax's parameters, jaxdl's lowerings
-    norm: ModuleDef = nn.BatchNorm
+    norm: ModuleDef = BatchNorm  # jaxdl.nn.BatchNorm: flax's variables, GEMV sums
     act: Callable[[jax.Array], jax.Array] = nn.relu
 
     @property

@@ -93,3 +93,7 @@ __all__ += ["MultiHeadAttention", "attention_weights", "causal_mask", "dot_produ
 from jaxdl.nn.normalization import BatchNorm, batch_norm  # noqa: E402
 
 __all__ += ["BatchNorm", "batch_norm"]
+
+from jaxdl.nn.materialize import materialize  # noqa: E402
+
+__all__ += ["materialize"]

@@ -25,7 +25,8 @@ lengthens the path (a reverse task would also grow the load with the length). Pe
 
 * Transformer: :class:`jaxdl.models.GPT` (causal, learned positions, tied output) on the tokens,
   2 layers, 4 heads, width 32. GPT-2's ``normal(0.02)`` init is scaled for width 768; at width 32
-  it leaves the query/key products ~100x too small and the model sits at the memoryless baseline
+  it leaves the attention logits q.k ~80x smaller (a bilinear saddle: q and k each scale the
+  other's gradient) and the model sits at the memoryless baseline
   (``--gpt_init gpt2`` shows it), so by default every kernel/embedding is rescaled to std
   ``1/sqrt(width)`` (``--gpt_init fan_in``; the residual projections keep GPT-2's
   ``1/sqrt(2 L)`` factor).
@@ -38,7 +39,9 @@ Same optimiser and batch as the adding problem; evaluation on 1,000 held-out seq
 memoryless baseline scores ``10 log 8 / (T + 20)`` nats per step and 1/8 recall accuracy.
 Runs are saved one file each under ``<workdir>/copy_runs`` (the curve so far after every
 evaluation, ``"complete": true`` once finished); ``--reuse true`` skips the complete ones (so
-several processes can split the grid and a last one assembles the figure).
+several processes can split the grid and a last one assembles the figure);
+``--assemble_only true`` trains nothing and writes metrics and figure from the files so far,
+reporting runs that were cut short with ``"complete": false`` and the step they reached.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class Config:
     gpt_init: str = "fan_in"  # "fan_in": std 1/sqrt(embed_dim); "gpt2": GPT-2's 0.02
     solved_accuracy: float = 0.99
     reuse: bool = False
+    assemble_only: bool = False  # no training: metrics and figure from the run files so far
 
 
 def get_config() -> Config:
@@ -243,8 +247,9 @@ def init_copy_params(kind: str, model, prepare, T: int, c: Config, key: jax.Arra
     if kind == "transformer" and c.gpt_init == "fan_in":
         # GPT-2 draws every kernel and embedding from normal(0.02) (0.02 / sqrt(2 L) for the
         # residual projections): about 0.55 / sqrt(768) at its width. At width D = 32 the
-        # attention logits q.k are products of two such small maps, so their gradients start
-        # ~100x smaller than at unit scale (a bilinear saddle). Rescale to std 1 / sqrt(D).
+        # attention logits q.k are products of two maps ~9x smaller than at std 1/sqrt(D), so
+        # they start ~80x smaller and each scales the other's gradient (a bilinear saddle).
+        # Rescale to std 1 / sqrt(D).
         factor = 1.0 / (math.sqrt(c.embed_dim) * 0.02)
         names = ("kernel", "embedding", "wpe")
         params = jax.tree_util.tree_map_with_path(
@@ -298,20 +303,44 @@ def train_one_copy(kind: str, T: int, c: Config, partial_path: str | None = None
                 save_json({**curve, "complete": False}, partial_path)
             if c.stop_when_solved and curve["accuracy_recall"][-1] >= c.solved_accuracy:
                 break
+    return {
+        **curve,
+        **copy_run_summary(curve, c),
+        "params": param_count(params),
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "complete": True,
+    }
+
+
+def copy_run_summary(curve: dict, c: Config) -> dict:
+    """Steps to solve (first evaluation with recall accuracy >= ``solved_accuracy``) and the
+    final and best scores of one run's curve."""
     solved_at = next((s for s, a in zip(curve["step"], curve["accuracy_recall"], strict=True)
                       if a >= c.solved_accuracy), None)  # fmt: skip
     return {
-        **curve,
-        "params": param_count(params),
         "steps_run": curve["step"][-1],
         "final_accuracy_recall": curve["accuracy_recall"][-1],
         "best_accuracy_recall": max(curve["accuracy_recall"]),
         "final_loss_all_steps": curve["loss_all_steps"][-1],
         "solved_at_step": solved_at,
-        "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - cpu0,
-        "complete": True,
     }
+
+
+def _load_partial_copy_run(kind: str, T: int, c: Config, path: str) -> dict | None:
+    """A run file as saved so far (``--assemble_only``): its curve, summary and parameter count
+    (from shapes only); ``None`` if absent."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        run = json.load(f)
+    if run.get("complete"):
+        return run
+    model, prepare = build_copy_model(kind, T, c)
+    x = jnp.zeros((1, T + 2 * c.num_symbols), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), prepare(x)))
+    return {**run, **copy_run_summary(run, c), "params": param_count(shapes["params"]),
+            "seconds": None, "cpu_seconds": None}  # fmt: skip
 
 
 def train_and_evaluate_copy(config: Config, workdir: str) -> dict:
@@ -323,6 +352,11 @@ def train_and_evaluate_copy(config: Config, workdir: str) -> dict:
         results[T] = {}
         for kind in c.copy_models:
             path = os.path.join(runs_dir, f"{kind}_T{T}.json")
+            if c.assemble_only:
+                run = _load_partial_copy_run(kind, T, c, path)
+                if run is not None:
+                    results[T][kind] = run
+                continue
             if c.reuse and os.path.exists(path):
                 with open(path) as f:
                     saved = json.load(f)
@@ -333,6 +367,7 @@ def train_and_evaluate_copy(config: Config, workdir: str) -> dict:
             save_json(results[T][kind], path)
     keys = ("params", "solved_at_step", "steps_run", "final_accuracy_recall",
             "best_accuracy_recall", "final_loss_all_steps", "seconds", "cpu_seconds")  # fmt: skip
+    keys += ("complete",)
     summary = {f"T={T}/{kind}": {k: r[k] for k in keys}
                for T, per in results.items() for kind, r in per.items()}  # fmt: skip
     baselines = {T: copy_baseline(T, c.num_symbols, c.alphabet) for T in c.lengths}
@@ -354,10 +389,11 @@ def train_and_evaluate_copy(config: Config, workdir: str) -> dict:
         ax.legend()
     save_figure(fig, os.path.join(workdir, "transformer_long_range_copy.png"))
     for name, s in summary.items():
+        cost = ("cut short" if not s["complete"] else
+                f"{s['seconds']:.0f} s, {s['cpu_seconds']:.0f} CPU s")  # fmt: skip
         print(f"{name:18s} params {s['params']:>6,}  solved at {s['solved_at_step']}  "
               f"recall acc {s['final_accuracy_recall']:.4f} (best {s['best_accuracy_recall']:.4f}) "
-              f"after {s['steps_run']} steps  ({s['seconds']:.0f} s, {s['cpu_seconds']:.0f} "
-              "CPU s)")  # fmt: skip
+              f"after {s['steps_run']} steps  ({cost})")  # fmt: skip
     return summary
 
 

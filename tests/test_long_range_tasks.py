@@ -90,3 +90,17 @@ def test_copy_experiment_end_to_end(tmp_path):
     # --reuse: a second call reads the saved runs back instead of training
     again = exp.train_and_evaluate(dataclasses.replace(c, reuse=True), str(tmp_path))
     assert again == summary
+
+
+def test_assemble_only_reports_cut_short_runs(tmp_path):
+    """A run file saved mid-training ("complete": false) is assembled as cut short at its step."""
+    c = tiny(lengths=(3,), copy_models=("lstm",), assemble_only=True)
+    runs = tmp_path / "copy_runs"
+    runs.mkdir()
+    curve = {"step": [0, 2, 4], "accuracy_recall": [0.2, 0.5, 0.995],
+             "loss_recall": [1.4, 1.0, 0.1], "loss_all_steps": [0.5, 0.3, 0.01]}  # fmt: skip
+    (runs / "lstm_T3.json").write_text(json.dumps({**curve, "complete": False}))
+    summary = exp.train_and_evaluate(c, str(tmp_path))["T=3/lstm"]
+    assert summary["complete"] is False
+    assert summary["steps_run"] == 4 and summary["solved_at_step"] == 4
+    assert summary["params"] == 4 * 6 * (6 + 6 + 1) + 6 * 6 + 6  # LSTM(6) on one-hot 6 + Dense(6)

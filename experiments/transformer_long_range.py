@@ -381,7 +381,8 @@ def train_and_evaluate_copy(config: Config, workdir: str) -> dict:
     for ax, (T, per) in zip(axes[0], results.items(), strict=True):
         for kind, r in per.items():
             err = np.maximum(1.0 - np.asarray(r["accuracy_recall"]), 1e-4)  # log axis: floor
-            ax.semilogy(r["step"], err, marker=".", label=kind)
+            colour = {"transformer": "C0", "lstm": "C1", "gru": "C2"}.get(kind)
+            ax.semilogy(r["step"], err, marker=".", color=colour, label=kind)
         ax.axhline(1 - baselines[T]["accuracy_recall"], color="gray", ls="--", label="memoryless")
         ax.axhline(1 - c.solved_accuracy, color="gray", ls=":", label="solved")
         ax.set(xlabel="training step", ylabel="recall error rate (test)",

@@ -78,6 +78,7 @@ def test_unknown_names_raise():
         exp.train_and_evaluate(dataclasses.replace(exp.Config(), task="reverse"), "/nonexistent")
 
 
+@pytest.mark.slow
 def test_copy_experiment_end_to_end(tmp_path):
     c = tiny(lengths=(3,), copy_steps=4, copy_eval_every=2, copy_models=("transformer", "gru"))
     summary = exp.train_and_evaluate(c, str(tmp_path))

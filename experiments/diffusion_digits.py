@@ -19,6 +19,12 @@ and DDIM 10/20/50/100 (quality vs wall-clock sampling time), linear vs cosine.
 
 Default (a few minutes per schedule on 2 busy CPU cores):
 ``python -m experiments.diffusion_digits --workdir runs/diffusion_digits``
+
+28x28 (``docs/experiments/diffusion_mnist.md``, about 26 CPU-minutes)::
+
+    python -m experiments.diffusion_digits --workdir runs/diffusion_mnist --dataset mnist_5k \
+        --channels 16 --channel_mults 1,2,2 --attention true --schedules cosine --steps 2000 \
+        --eval_at 250,500,1000,2000 --ddim_steps 10,20,50 --ddpm_eval false
 """
 
 from __future__ import annotations

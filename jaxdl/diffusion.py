@@ -1,5 +1,6 @@
 """Denoising diffusion: noise schedules, the forward process, the training loss, DDPM and DDIM sampling,
-classifier-free guidance and an EMA of the weights.
+classifier-free guidance and an EMA of the weights; :class:`DiffusionModel`, which makes a noise
+predictor trainable with :func:`jaxdl.train.fit`.
 
 Conventions (DESIGN.md): the step index ``t`` runs ``0 .. T-1`` (``T = schedule.num_steps``), and
 ``alphas_cumprod[t] = prod_{i <= t} (1 - betas[i])``, so index ``t`` here is step ``t + 1`` of Ho et
@@ -21,9 +22,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 __all__ = [
     "Schedule",
@@ -41,6 +44,11 @@ __all__ = [
     "ddim_timesteps",
     "guided_eps_fn",
     "ema_update",
+    "DiffusionModel",
+    "diffusion_loss",
+    "EmaState",
+    "with_ema",
+    "ema_params",
 ]
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -568,3 +576,232 @@ def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must be in [0, 1], got {decay}")
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+# ----------------------------------------------------------------------------- training through fit
+
+
+def _takes_train(module: nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "train" in inspect.signature(type(module).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class DiffusionModel(nn.Module):
+    """A noise predictor and its schedule as one Flax module whose forward pass *is* a draw of the
+    DDPM training objective, so that :func:`jaxdl.train.fit` (or any loop written for supervised
+    models) trains it with :func:`diffusion_loss`.
+
+    ``__call__(x0 (B, ...), y=None, train=False)`` draws, per example (Ho et al. 2020, Algorithm 1),
+
+    ``t ~ U{0, .., T-1}``, ``eps ~ N(0, I)``, ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``,
+
+    and returns ``stack([network(x_t, t[, y]), target], axis=1)``, shape ``(B, 2, ...)``, with
+    ``target = eps`` (``prediction="epsilon"``) or ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0``
+    (``"v"``, Salimans & Ho 2022). :func:`diffusion_loss` is then the mean squared difference of the
+    two halves: exactly :func:`denoising_loss`. With ``p_uncond > 0`` and labels, each label is
+    replaced by the network's null label with that probability during training (classifier-free
+    guidance, Ho & Salimans 2022), so one network learns the conditional and unconditional model.
+
+    Randomness: from the ``'diffusion'`` rng stream when the caller supplies one
+    (``apply(..., rngs={'diffusion': key})``), else, in training, from the ``'dropout'`` stream,
+    which :func:`jaxdl.train.fit` passes to every step (a fresh key per step, from its seed).
+    Without either (``train.evaluate``, ``fit``'s ``val_data``) ``t`` and the noise come from the
+    fixed key ``eval_seed``, so a validation loss is a deterministic function of the weights.
+
+    Training data for ``fit``: ``(x0, y)``, ``y`` of length ``B`` and ignored by the loss
+    (unconditional), or ``((x0, labels), labels)`` (the labels reach the network as its ``y``).
+    Sampling: :meth:`eps_fn` turns trained variables into the noise predictor the samplers take.
+
+    Attributes:
+      network: ``network(x_t, t int32 (B,)[, y], train=...) -> (B, ...)``, e.g.
+        :class:`jaxdl.models.UNet`; its parameters live under ``params['network']``.
+      schedule: the :class:`Schedule` to train (and later sample) with.
+      prediction: ``"epsilon"`` or ``"v"``, what the network outputs.
+      p_uncond: label-dropout probability in training, in ``[0, 1]``.
+      null_label: the "no class" label (default: ``network.null_label``, as UNet has).
+      eval_seed: the fixed key's seed when no rng stream is given.
+    """
+
+    network: nn.Module
+    schedule: Schedule
+    prediction: str = "epsilon"
+    p_uncond: float = 0.0
+    null_label: int | None = None
+    eval_seed: int = 0
+
+    def _null(self) -> int:
+        if self.null_label is not None:
+            return self.null_label
+        null = getattr(self.network, "null_label", None)
+        if null is None:
+            raise ValueError(
+                "DiffusionModel: label dropout and guidance need a null label: set null_label or "
+                "use a network with one (UNet(num_classes=...))"
+            )
+        return int(null)
+
+    def _check(self) -> None:
+        _check_schedule(self.schedule)
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if not 0.0 <= self.p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond}")
+
+    def _key(self, train: bool) -> jax.Array:
+        if self.has_rng("diffusion"):
+            return self.make_rng("diffusion")
+        if train and self.has_rng("dropout"):
+            return self.make_rng("dropout")
+        if train:
+            raise ValueError(
+                "DiffusionModel needs a key for t and the noise in training: "
+                "apply(..., rngs={'diffusion': key}) (train.fit passes its 'dropout' stream)"
+            )
+        return jax.random.key(self.eval_seed)
+
+    def predict(
+        self, x_t: jax.Array, t: jax.Array, y: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
+        """The network's raw output (``epsilon`` or ``v``) for ``x_t`` at steps ``t``."""
+        kwargs = {"train": train} if _takes_train(self.network) else {}
+        out = self.network(x_t, t, **kwargs) if y is None else self.network(x_t, t, y, **kwargs)
+        if out.shape != x_t.shape:
+            raise ValueError(f"network must return the shape of x_t {x_t.shape}, got {out.shape}")
+        return out
+
+    def eps(self, x_t: jax.Array, t: jax.Array, y: jax.Array | None = None) -> jax.Array:
+        """The predicted noise (a v-prediction converted: ``eps = sqrt(abar) v + sqrt(1-abar) x_t``)."""
+        out = self.predict(x_t, t, y)
+        if self.prediction == "epsilon":
+            return out
+        abar = self.schedule.alphas_cumprod[t]
+        return _per_example(jnp.sqrt(abar), x_t) * out + _per_example(jnp.sqrt(1 - abar), x_t) * x_t
+
+    def __call__(self, x: jax.Array, y: jax.Array | None = None, train: bool = False) -> jax.Array:
+        self._check()
+        x0 = _check_x(x, "x")
+        if x0.ndim < 2:
+            raise ValueError(f"x must be a batch (B, ...) of rank >= 2, got shape {x0.shape}")
+        kt, kn, kd = jax.random.split(self._key(train), 3)
+        b = x0.shape[0]
+        t = jax.random.randint(kt, (b,), 0, self.schedule.num_steps, dtype=jnp.int32)  # (B,)
+        noise = jax.random.normal(kn, x0.shape, x0.dtype)
+        x_t = q_sample(self.schedule, x0, t, noise)  # Algorithm 1, line 5
+        target = training_target(self.schedule, x0, t, noise, self.prediction)
+        if y is not None:
+            y = jnp.asarray(y)
+            if y.shape != (b,) or not jnp.issubdtype(y.dtype, jnp.integer):
+                raise ValueError(f"y must be int labels ({b},), got {y.dtype} {y.shape}")
+            if train and self.p_uncond > 0:  # classifier-free guidance: drop labels to null
+                drop = jax.random.uniform(kd, (b,)) < self.p_uncond
+                y = jnp.where(drop, self._null(), y)
+        pred = self.predict(x_t, t, y, train)
+        return jnp.stack([pred, target.astype(pred.dtype)], axis=1)  # (B, 2, ...)
+
+    @nn.nowrap
+    def eps_fn(
+        self, variables: Any, labels: jax.Array | None = None, guidance_scale: float | None = None
+    ) -> EpsFn:
+        """The noise predictor ``(x_t, t) -> eps`` of trained ``variables`` for :func:`ddpm_sample`
+        and :func:`ddim_sample`: unconditional (no ``labels``; a class-conditional UNet then uses
+        its null label), conditional on ``labels`` (``guidance_scale`` ``None``), or guided
+        (:func:`guided_eps_fn` with scale ``guidance_scale``). ``variables`` is ``{"params": ...}``
+        or the params tree itself (e.g. :func:`ema_params` of the state)."""
+        variables = {"params": variables["params"] if "params" in variables else variables}
+
+        def cond(x, t, y=None):
+            return self.apply(variables, x, t, y, method=DiffusionModel.eps)
+
+        if labels is None:
+            if guidance_scale is not None:
+                raise ValueError("guidance_scale needs labels")
+            return cond
+        labels = jnp.asarray(labels)
+        if guidance_scale is None:
+            return lambda x, t: cond(x, t, labels)
+        return guided_eps_fn(cond, labels, guidance_scale, self._null())
+
+
+def diffusion_loss(outputs: jax.Array, labels: Any = None, reduction: str = "mean") -> jax.Array:
+    """The loss for :class:`DiffusionModel` outputs ``(B, 2, ...)`` = (prediction, target):
+
+    ``L = mean (prediction - target)^2`` (Ho et al. 2020, eq. 14), the same value as
+    :func:`denoising_loss`. ``labels`` is ignored (``fit`` passes its ``y``). ``reduction``:
+    ``"mean"`` (scalar), ``"sum"``, or ``"none"`` (the squared errors ``(B, ...)``, which ``fit``
+    averages per example). Use it as ``train.fit(..., loss_fn=diffusion.diffusion_loss)``.
+    """
+    outputs = jnp.asarray(outputs)
+    if outputs.ndim < 2 or outputs.shape[1] != 2:
+        raise ValueError(
+            "outputs must be a DiffusionModel's (B, 2, ...) stack of prediction and target, "
+            f"got shape {outputs.shape}"
+        )
+    sq = jnp.square(outputs[:, 0] - outputs[:, 1])  # (B, ...)
+    if reduction == "none":
+        return sq
+    if reduction == "mean":
+        return jnp.mean(sq)
+    if reduction == "sum":
+        return jnp.sum(sq)
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+class EmaState(NamedTuple):
+    """State of :func:`with_ema`: the wrapped optimizer's state and the averaged parameters."""
+
+    inner_state: Any
+    ema: Any
+
+
+def with_ema(optimizer: optax.GradientTransformation, decay: float = 0.999):
+    """``optimizer`` that also keeps an exponential moving average of the parameters it updates:
+
+    ``theta_k = theta_{k-1} + u_k`` (the updates ``optimizer`` returns, unchanged), and
+    ``ema_k = decay ema_{k-1} + (1 - decay) theta_k``, ``ema_0 = theta_0`` (the weights DDPM
+    samples with; Ho et al. use decay 0.9999 over 800k steps).
+
+    The average lives in the optimizer state (:class:`EmaState`), so it is updated inside the
+    compiled step, donated with it, and checkpointed and resumed by ``fit`` with everything else.
+    Read it with :func:`ema_params`. Put it outermost (after any learning-rate scaling), so that the
+    updates it sees are the ones applied.
+    """
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay must be in [0, 1], got {decay}")
+    inner = optax.with_extra_args_support(optimizer)
+
+    def init_fn(params):
+        ema = jax.tree.map(lambda p: jnp.array(p, copy=True), params)  # own buffers (donation)
+        return EmaState(inner_state=inner.init(params), ema=ema)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("with_ema needs params: call update(updates, state, params)")
+        updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        new_params = optax.apply_updates(params, updates)
+        ema = jax.tree.map(
+            lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema, new_params
+        )
+        return updates, EmaState(inner_state=inner_state, ema=ema)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def ema_params(state: Any) -> Any:
+    """The averaged parameters of a :func:`with_ema` optimizer, from its state or from a
+    :class:`jaxdl.train.TrainState` (e.g. ``history.state``) whose optimizer is one."""
+    opt_state = getattr(state, "opt_state", state)
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, EmaState))
+        if isinstance(s, EmaState)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"expected one with_ema state in the optimizer state, found {len(found)}: "
+            "train with optimizer=diffusion.with_ema(...)"
+        )
+    return found[0].ema

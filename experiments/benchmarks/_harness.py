@@ -117,6 +117,22 @@ def matmul_peak_subprocess(python: str = "") -> float:
         return float("nan")
 
 
+def run_meta(started_utc: str, loadavg_before: tuple[float, ...], **extra: Any) -> dict[str, Any]:
+    """What a benchmark run records about itself: its start and end, the machine's load before and
+    after, the core count and the command line (plus ``extra``)."""
+    import sys
+
+    return {
+        "started_utc": started_utc,
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_before": loadavg_before,
+        "loadavg_after": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+        "command": " ".join(sys.argv),
+        **extra,
+    }
+
+
 # ---- timing ----------------------------------------------------------------------------------
 
 

@@ -36,7 +36,12 @@ import time
 
 import numpy as np
 
-from experiments.benchmarks._harness import DESCRIPTIONS, WORKLOADS, matmul_peak_subprocess
+from experiments.benchmarks._harness import (
+    DESCRIPTIONS,
+    WORKLOADS,
+    matmul_peak_subprocess,
+    run_meta,
+)
 from experiments.benchmarks.bench_jaxdl import DATA_PARALLEL
 from experiments.common import new_figure, parse_config, save_figure, save_json
 
@@ -205,15 +210,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     rows, table = ratio_table(results, peak)
     table = f"CPU float32 matmul peak (2048^3 jnp.dot, best of 10): {peak:.0f} GFLOP/s\n\n" + table
     print(table)
-    meta = {
-        "started_utc": started,
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "cpu_count": os.cpu_count(),
-        "command": " ".join(sys.argv),
-        "descriptions": DESCRIPTIONS,
-    }
+    meta = run_meta(started, load_before, descriptions=DESCRIPTIONS)
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(table)
     out = {"config": cfg, "meta": meta, "matmul_gflops": peak, "results": results, "ratios": rows}

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.benchmarks._harness import matmul_peak_subprocess
+from experiments.benchmarks._harness import matmul_peak_subprocess, run_meta
 
 MODELS = ("resnet20", "resnet56", "densenet100", "efficientnet_b0")
 MODES = ("train", "infer")
@@ -412,14 +412,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                 results.append(r)
     text = table(results, peak)
     print(text)
-    meta = {
-        "started_utc": started,
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "cpu_count": os.cpu_count(),
-        "command": " ".join(sys.argv),
-    }
+    meta = run_meta(started, load_before)
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(text)
     out = {"config": cfg, "meta": meta, "matmul_gflops": peak, "results": results}

@@ -25,7 +25,7 @@ distance to the limit.
     python -m experiments.benchmarks.zoo_step --workdir runs/zoo_step
     python -m experiments.benchmarks.zoo_step --workdir runs/zoo_step --models resnet20 --modes train
 
-Writes ``results.json`` and ``table.md``.
+Writes ``results.json``, ``table.md`` and ``throughput.png``.
 """
 
 from __future__ import annotations
@@ -390,6 +390,36 @@ def table(results: list[dict], peak: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(results: list[dict], path: str) -> None:
+    """Images/s of each framework per model, one panel per mode (log scale: the models differ by
+    two orders of magnitude), the ratio jaxdl / PyTorch over each pair."""
+    from experiments.common import new_figure, save_figure
+
+    by = {(r["model"], r["mode"], r["framework"]): r for r in results if "median" in r}
+    modes = [m for m in MODES if any(k[1] == m for k in by)]
+    models = [m for m in MODELS if any(k[0] == m for k in by)]
+    fig, axes = new_figure(1, len(modes), figsize=(6 * len(modes), 4))
+    axes = np.atleast_1d(axes)
+    x = np.arange(len(models))
+    for ax, mode in zip(axes, modes, strict=True):
+        for i, fw in enumerate(FRAMEWORKS):
+            vals = [by.get((m, mode, fw), {}).get("median", np.nan) for m in models]
+            ax.bar(x + (i - 0.5) * 0.4, vals, width=0.4, label=fw)
+        for j, m in enumerate(models):
+            ours, peer = by.get((m, mode, "jaxdl")), by.get((m, mode, "torch"))
+            if ours and peer:
+                top = max(ours["median"], peer["median"])
+                ax.text(j, top * 1.15, f"{ours['median'] / peer['median']:.2f}x", ha="center")
+        ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * 1.8)  # room for the ratio labels
+        ax.set_xticks(x, models, rotation=15)
+        ax.set_ylabel("images / s (median)")
+        ax.set_title(f"{mode}, batch 128, 32x32 (label: jaxdl / PyTorch)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    save_figure(fig, path)
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     for field, allowed in (("models", MODELS), ("modes", MODES), ("frameworks", FRAMEWORKS)):
@@ -418,6 +448,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     out = {"config": cfg, "meta": meta, "matmul_gflops": peak, "results": results}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(out, f, indent=2)
+    plot(results, os.path.join(workdir, "throughput.png"))
     return out
 
 

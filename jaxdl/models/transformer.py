@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.nn.attention import MultiHeadAttention
+from jaxdl.nn.linear import Dense
+from jaxdl.nn.normalization import LayerNorm
 
 Array = jax.Array
 Cache = list[tuple[Array, Array]]
@@ -72,16 +74,16 @@ class GPTBlock(nn.Module):
             dtype=self.dtype,
             name="attn",
         )
-        h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_1")(x)
+        h = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_1")(x)
         if cache is None:
             h = attn(h, train=train, causal=True)  # (B, T, D)
         else:
             h, cache = attn(h, train=train, cache=cache, cache_index=cache_index)
         x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_2")(x)
-        h = nn.Dense(4 * d, kernel_init=init, dtype=self.dtype, name="fc")(h)  # (B, T, 4D)
+        h = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_2")(x)
+        h = Dense(4 * d, kernel_init=init, dtype=self.dtype, store_cotangent=True, name="fc")(h)
         h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
-        h = nn.Dense(d, kernel_init=resid_init, dtype=self.dtype, name="proj")(h)  # (B, T, D)
+        h = Dense(d, kernel_init=resid_init, dtype=self.dtype, name="proj")(h)  # (B, T, D)
         x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         return x if cache is None else (x, cache)
 
@@ -172,7 +174,7 @@ class GPT(nn.Module):
             else:
                 x, layer_cache = block(x, train, cache[i], start)
                 new_cache.append(layer_cache)
-        x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_f")(x)
+        x = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_f")(x)
         logits = wte.attend(x).astype(jnp.float32)  # (B, T, V): tied output
         return logits if cache is None else (logits, new_cache)
 
@@ -304,7 +306,7 @@ class EncoderBlock(nn.Module):
     def __call__(self, x: Array, train: bool) -> Array:
         d = x.shape[-1]
         drop = functools.partial(nn.Dropout, self.dropout_rate, deterministic=not train)
-        h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln_1")(x)
+        h = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln_1")(x)
         h = MultiHeadAttention(
             self.num_heads,
             dropout_rate=self.attention_dropout_rate,
@@ -313,13 +315,13 @@ class EncoderBlock(nn.Module):
             name="self_attention",
         )(h, train=train)
         x = x + drop()(h)
-        h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln_2")(x)
+        h = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln_2")(x)
         dense_init = nn.initializers.xavier_uniform()
         bias_init = nn.initializers.normal(1e-6)
-        h = nn.Dense(self.mlp_dim, kernel_init=dense_init, bias_init=bias_init,
-                     dtype=self.dtype, name="mlp_0")(h)  # fmt: skip
+        h = Dense(self.mlp_dim, kernel_init=dense_init, bias_init=bias_init,
+                     dtype=self.dtype, store_cotangent=True, name="mlp_0")(h)  # fmt: skip
         h = drop()(nn.gelu(h, approximate=False))  # (B, N + 1, mlp_dim)
-        h = nn.Dense(d, kernel_init=dense_init, bias_init=bias_init,
+        h = Dense(d, kernel_init=dense_init, bias_init=bias_init,
                      dtype=self.dtype, name="mlp_3")(h)  # fmt: skip
         return x + drop()(h)
 
@@ -348,7 +350,7 @@ class ViTEncoder(nn.Module):
                 self.dtype,
                 name=f"encoder_layer_{i}",
             )(x, train)
-        return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln")(x)
+        return LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln")(x)
 
 
 class ViT(nn.Module):
@@ -461,7 +463,7 @@ class ViT(nn.Module):
             self.dtype,
             name="encoder",
         )(x, train)  # (B, N + 1, D)
-        return nn.Dense(
+        return Dense(
             self.num_classes, kernel_init=nn.initializers.zeros_init(), dtype=self.dtype,
             name="head",
         )(x[:, 0])  # fmt: skip

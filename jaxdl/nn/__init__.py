@@ -90,9 +90,13 @@ from jaxdl.nn.attention import (  # noqa: E402
 
 __all__ += ["MultiHeadAttention", "attention_weights", "causal_mask", "dot_product_attention"]
 
-from jaxdl.nn.normalization import BatchNorm, batch_norm  # noqa: E402
+from jaxdl.nn.normalization import BatchNorm, LayerNorm, batch_norm, layer_norm  # noqa: E402
 
-__all__ += ["BatchNorm", "batch_norm"]
+__all__ += ["BatchNorm", "LayerNorm", "batch_norm", "layer_norm"]
+
+from jaxdl.nn.linear import Dense  # noqa: E402
+
+__all__ += ["Dense"]
 
 from jaxdl.nn.materialize import materialize  # noqa: E402
 

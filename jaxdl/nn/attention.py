@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl.nn.bias import bias_add
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -122,7 +124,7 @@ class _Projection(nn.Module):
         y = x2 @ kernel.reshape(fan_in, fan_out).astype(dtype)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, self.out_shape)
-            y = y + bias.reshape((1,) * (y.ndim - 1) + (fan_out,)).astype(dtype)
+            y = bias_add(y, bias.reshape(fan_out).astype(dtype))  # its gradient is a GEMV
         return y.reshape(y.shape[:-1] + self.out_shape)
 
 

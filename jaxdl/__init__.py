@@ -3,7 +3,9 @@
 Subpackages: :mod:`jaxdl.nn` (layers and cells), :mod:`jaxdl.models`, :mod:`jaxdl.optim`
 (optimizers as optax transforms), :mod:`jaxdl.losses`, :mod:`jaxdl.data`, :mod:`jaxdl.train`.
 Importing jaxdl adds an XLA:CPU scheduling flag to ``XLA_FLAGS`` (:mod:`jaxdl.xla_flags`, which
-also holds the compiler option jaxdl's train steps use; ``JAXDL_XLA_FLAGS=0`` opts out of both).
+also holds the compiler option jaxdl's train steps use; ``JAXDL_XLA_FLAGS=0`` opts out of both),
+and on Linux asks glibc to keep XLA's per-step scratch memory mapped between steps
+(:mod:`jaxdl.cpu_malloc`; ``JAXDL_CPU_MALLOC=0`` opts out).
 """
 
 # First, before anything can start JAX's backend: XLA reads XLA_FLAGS only then.
@@ -11,10 +13,14 @@ from jaxdl import xla_flags
 
 xla_flags.apply()
 
+from jaxdl import cpu_malloc  # noqa: E402
+
+cpu_malloc.apply(backend_started=xla_flags.backend_started())
+
 from jaxdl import data, losses, models, nn, optim, train  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["data", "losses", "models", "nn", "optim", "train", "xla_flags", "__version__"]
+__all__ = ["data", "losses", "models", "nn", "optim", "train", "xla_flags", "cpu_malloc", "__version__"]
 
 # Reinforcement learning on the device (environments, agents, saved policies).
 from jaxdl import rl  # noqa: E402

@@ -14,7 +14,8 @@ of the step (1,351 ms against 1,118 ms with transparent huge pages switched on s
 
 - ``M_ARENA_MAX = 1``: every thread allocates from the main arena, which grows with ``brk``;
 - ``M_MMAP_MAX = 0``: no request is served by ``mmap``;
-- ``M_TRIM_THRESHOLD = 2**31 - 1``: freed memory at the top of the heap stays mapped.
+- ``M_TRIM_THRESHOLD = -1``: the heap is never trimmed, so freed memory stays mapped (a bound
+  of 2 GB still let a GPT step's two in-flight scratch buffers be trimmed and faulted back).
 
 The scratch buffer is then the same already-mapped memory every step. The cost is that memory
 freed by the process is kept for reuse rather than returned to the system, and that threads
@@ -35,7 +36,7 @@ __all__ = ["OPT_OUT_ENV", "SETTINGS", "apply"]
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-SETTINGS: dict[str, int] = {"M_ARENA_MAX": 1, "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 2**31 - 1}
+SETTINGS: dict[str, int] = {"M_ARENA_MAX": 1, "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": -1}
 _PARAMS = {"M_ARENA_MAX": _M_ARENA_MAX, "M_MMAP_MAX": _M_MMAP_MAX,
            "M_TRIM_THRESHOLD": _M_TRIM_THRESHOLD}  # fmt: skip
 OPT_OUT_ENV = "JAXDL_CPU_MALLOC"

@@ -84,11 +84,18 @@ __all__ += ["FeedbackAlignmentDense", "feedback_alignment_dense"]
 from jaxdl.nn.attention import (  # noqa: E402
     MultiHeadAttention,
     attention_weights,
+    causal_dot_product_attention,
     causal_mask,
     dot_product_attention,
 )
 
-__all__ += ["MultiHeadAttention", "attention_weights", "causal_mask", "dot_product_attention"]
+__all__ += [
+    "MultiHeadAttention",
+    "attention_weights",
+    "causal_dot_product_attention",
+    "causal_mask",
+    "dot_product_attention",
+]
 
 from jaxdl.nn.normalization import BatchNorm, LayerNorm, batch_norm, layer_norm  # noqa: E402
 

@@ -227,3 +227,29 @@ def test_errors_name_the_problem():
         m.apply(params, xq, mask=jnp.ones((TQ, TQ + 1), bool))
     with pytest.raises(ValueError, match="does not broadcast"):
         m.apply(params, xq, mask=jnp.ones((1, 1, 1, TQ, TQ), bool))
+
+
+@pytest.mark.parametrize("t,blocks", [(128, None), (100, 4), (64, None), (37, 3), (16, None)])
+def test_causal_blocks_equal_the_full_causal_formula(t, blocks):
+    """Skipping the masked key blocks gives the full formula's values and gradients."""
+    ks = jax.random.split(jax.random.key(11), 4)
+    q, k, v, w = (jax.random.normal(kk, (2, t, 3, 8)) for kk in ks)
+
+    def full(q, k, v):
+        return nn.dot_product_attention(q, k, v, nn.causal_mask(t))
+
+    def blocked(q, k, v):
+        return nn.causal_dot_product_attention(q, k, v, blocks)
+
+    chex.assert_trees_all_close(blocked(q, k, v), full(q, k, v), atol=1e-6)
+    g_full = jax.grad(lambda *a: jnp.sum(w * full(*a)), (0, 1, 2))(q, k, v)
+    g_blk = jax.jit(jax.grad(lambda *a: jnp.sum(w * blocked(*a)), (0, 1, 2)))(q, k, v)
+    chex.assert_trees_all_close(g_blk, g_full, atol=1e-5)
+
+
+def test_causal_blocks_bad_input():
+    x = jnp.ones((1, 8, 2, 4))
+    with pytest.raises(ValueError, match="num_blocks"):
+        nn.causal_dot_product_attention(x, x, x, 9)
+    with pytest.raises(ValueError, match="as many keys as queries"):
+        nn.causal_dot_product_attention(x, x[:, :4], x[:, :4])

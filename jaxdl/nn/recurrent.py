@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.nn.bias import column_sum
+from jaxdl.nn.materialize import _stored
 
 Array = jax.Array
 Carry = Any
@@ -276,7 +277,16 @@ class GRUCell(_FusedCell):
         return h, h
 
 
-def _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist: bool, unroll: int):
+# What the loop bodies of lstm_layer store before using (``_STORE_LEVEL``): 0 nothing; 1 the
+# forward's pre-activations z_t; 2 also the reverse loop's per-step slices of the saved states.
+# XLA:CPU fuses a scan's per-step dynamic slice of a (T, B, k) buffer into the elementwise fusion
+# that reads it; when that fusion also slices the result into gate blocks, the fused loop ran
+# about 3x slower than the same arithmetic on a stored (B, k) array (51 vs 17 us per 32-row
+# forward step, docs/performance.md, "Recurrent models on one device").
+_STORE_LEVEL = 2
+
+
+def _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist: bool, unroll: int, store: int = 0):
     """The LSTM over ``xs (T, B, in)``: ``((c_T, h_T), hs (T, B, H), acts (T, B, 5H))`` where
     ``acts[t] = [i, f, g, o, c]_t``, the gate activations and cell state the backward pass needs."""
     inputs = _add_bias(xs @ w_i, b) if hoist else xs  # (T, B, 4H) or (T, B, in)
@@ -284,6 +294,8 @@ def _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist: bool, unroll: int):
     def body(carry, x_t):
         c, h = carry
         z = (x_t if hoist else _add_bias(x_t @ w_i, b)) + h @ w_h  # (B, 4H)
+        if store >= 1:
+            z = _stored(z)  # the gates below read a stored z, not the fused dynamic slice
         (c, h), gates = _lstm_update(z, c)
         return (c, h), (h, jnp.concatenate([*gates, c], axis=-1))
 
@@ -291,12 +303,12 @@ def _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist: bool, unroll: int):
     return (c, h), hs, acts
 
 
-def _lstm_layer_fwd(w_i, w_h, b, c0, h0, xs, hoist, unroll):
-    (c, h), hs, acts = _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist, unroll)
+def _lstm_layer_fwd(w_i, w_h, b, c0, h0, xs, hoist, unroll, store):
+    (c, h), hs, acts = _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist, unroll, store)
     return ((c, h), hs), (w_i, w_h, c0, h0, xs, hs, acts)
 
 
-def _lstm_layer_bwd(hoist, unroll, residuals, cotangents):
+def _lstm_layer_bwd(hoist, unroll, store, residuals, cotangents):
     w_i, w_h, c0, h0, xs, hs, acts = residuals
     (dc_T, dh_T), dhs = cotangents
     T, B, H = hs.shape
@@ -306,6 +318,8 @@ def _lstm_layer_bwd(hoist, unroll, residuals, cotangents):
     def body(carry, inp):
         dc, dh = carry  # dL/dc_t, dL/dh_t from the steps after t
         dh_out, a, cp = inp
+        if store >= 2:
+            a = _stored(a)  # read five ways below: stored once, not re-sliced from (T, B, 5H)
         i, f, g, o, c = (a[:, k * H : (k + 1) * H] for k in range(5))
         tc = jnp.tanh(c)
         dh = dh + dh_out
@@ -333,9 +347,9 @@ def _lstm_layer_bwd(hoist, unroll, residuals, cotangents):
     return dw_i, dw_h, db, dc0, dh0, dxs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _lstm_layer(w_i, w_h, b, c0, h0, xs, hoist, unroll):
-    (c, h), hs, _ = _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist, unroll)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _lstm_layer(w_i, w_h, b, c0, h0, xs, hoist, unroll, store):
+    (c, h), hs, _ = _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist, unroll, store)
     return (c, h), hs
 
 
@@ -385,10 +399,11 @@ def lstm_layer(
             f"lstm_layer: batch_splits must be a positive divisor of the batch size {B}, "
             f"got {batch_splits}"
         )
+    store = _STORE_LEVEL
     if batch_splits == 1:
-        return _lstm_layer(w_i, w_h, b, c0, h0, xs, hoist, unroll)
+        return _lstm_layer(w_i, w_h, b, c0, h0, xs, hoist, unroll, store)
     parts = [
-        _lstm_layer(w_i, w_h, b, c, h, x, hoist, unroll)
+        _lstm_layer(w_i, w_h, b, c, h, x, hoist, unroll, store)
         for c, h, x in zip(
             jnp.split(c0, batch_splits),
             jnp.split(h0, batch_splits),

@@ -6,11 +6,15 @@ MSE) for one model: ``lstm`` (:class:`jaxdl.models.Forecaster`), ``gru`` (the sa
 ``cell="gru"``) or ``bilstm`` (two LSTM layers under :class:`jaxdl.nn.Bidirectional`, the
 harness's ``bilstm_train`` model). A variant is ``model[:key=value[:key=value...]]``:
 
-* ``store=N``: :mod:`jaxdl.nn.recurrent`'s ``_STORE_LEVEL`` (LSTM) or ``_GRU_STORE_LEVEL`` (GRU
-  layer) while the step is traced (0: the loop bodies read their per-step slices fused; see the
-  module);
+* ``lo=FIELD=INT`` (repeatable): a field of :mod:`jaxdl.nn.recurrent`'s ``_LSTM_OPTS`` (how
+  :func:`jaxdl.nn.lstm_layer` lays out its loops: ``store_z``, ``store_acts``; see
+  ``_LSTMOpts``) while the step is traced; ``lo=all=0`` sets every field to 0/False, the layout
+  before issue 23 item 3;
 * ``splits=N``: ``batch_splits``; ``impl=scan|lstm_layer|gru_layer|auto``; ``hoist=0|1``;
-  ``unroll=N``: the :class:`jaxdl.nn.RNN` fields of the same names.
+  ``unroll=N``: the :class:`jaxdl.nn.RNN` fields of the same names;
+* ``opt=NAME=VALUE`` (repeatable): an XLA compiler option added to the step's ``jax.jit`` on top
+  of :func:`jaxdl.xla_flags.train_step_compiler_options` (the step is then
+  ``make_train_step(..., jit=False)`` compiled as :func:`jaxdl.train.jit_train_step` does).
 
 All variants are compiled first; then ``rounds`` rounds run every variant for ``steps`` steps in
 turn (the order rotated each round), so a change in machine load hits them alike. Reported per
@@ -19,7 +23,7 @@ it ran, and the ratio to the first variant. The machine is shared: wall times ta
 jobs are inflated, ratios between variants of the same round much less so.
 
     python -m experiments.benchmarks.rnn_ab --workdir runs/rnn_ab \\
-        --variants lstm:store=0,lstm:store=2 --rounds 7 --steps 10
+        --variants lstm:lo=all=0,lstm --rounds 7 --steps 10
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from experiments.common import parse_config, save_json
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    variants: tuple[str, ...] = ("lstm:store=0", "lstm:store=2")
+    variants: tuple[str, ...] = ("lstm:lo=all=0", "lstm")
     batch: int = 128
     timesteps: int = 100
     features: int = 8
@@ -58,31 +62,36 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     model, *opts = spec.split(":")
     if model not in ("lstm", "gru", "bilstm"):
         raise ValueError(f"variant {spec!r}: model must be lstm, gru or bilstm")
-    kv = {}
+    kv: dict = {"opt": {}}
     for o in opts:
         k, _, v = o.partition("=")
-        if k not in ("store", "splits", "impl", "hoist", "unroll"):
+        if k in ("opt", "lo"):
+            name, _, value = v.partition("=")
+            kv.setdefault(k, {})[name] = value
+            continue
+        if k not in ("splits", "impl", "hoist", "unroll"):
             raise ValueError(f"variant {spec!r}: unknown option {k!r}")
         kv[k] = v
     return model, kv
 
 
 @contextlib.contextmanager
-def _store_level(model: str, level: str | None):
+def _layer_opts(lo: dict[str, str]):
+    """``jaxdl.nn.recurrent._LSTM_OPTS`` with the fields in ``lo`` changed, while tracing."""
     from jaxdl.nn import recurrent
 
-    names = ["_STORE_LEVEL"] + (
-        ["_GRU_STORE_LEVEL"] if hasattr(recurrent, "_GRU_STORE_LEVEL") else []
-    )
-    old = {n: getattr(recurrent, n) for n in names}
-    if level is not None:
-        for n in names:
-            setattr(recurrent, n, int(level))
+    old = recurrent._LSTM_OPTS
+    new = old
+    for name, value in lo.items():
+        if name == "all":
+            new = new._make(type(f)(int(value)) for f in new)
+        else:
+            new = new._replace(**{name: type(getattr(new, name))(int(value))})
+    recurrent._LSTM_OPTS = new
     try:
         yield
     finally:
-        for n, v in old.items():
-            setattr(recurrent, n, v)
+        recurrent._LSTM_OPTS = old
 
 
 def build_model(model: str, kv: dict[str, str], hidden: int):
@@ -144,9 +153,21 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         model = build_model(model_name, kv, c.hidden)
         opt = optim.adam(c.learning_rate)
         state = train.create_train_state(model, opt, x, c.seed)
-        step_fn = train.make_train_step(model, opt, loss_fn=losses.mse)
+        if kv["opt"]:
+            from jaxdl import xla_flags
+
+            raw = train.make_train_step(model, opt, loss_fn=losses.mse, jit=False)
+
+            def traced(*a, raw=raw):
+                with xla_flags.tuned_step():
+                    return raw(*a)
+
+            options = {**xla_flags.train_step_compiler_options(), **kv["opt"]}
+            step_fn = jax.jit(traced, donate_argnums=(0,), compiler_options=options)
+        else:
+            step_fn = train.make_train_step(model, opt, loss_fn=losses.mse)
         t0 = time.perf_counter()
-        with _store_level(model_name, kv.get("store")):  # read while the step is traced
+        with _layer_opts(kv.get("lo", {})):  # read while the step is traced
             state, m = step_fn(state, x, y)
             jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -277,16 +277,33 @@ class GRUCell(_FusedCell):
         return h, h
 
 
-# What the loop bodies of lstm_layer store before using (``_STORE_LEVEL``): 0 nothing; 1 the
-# forward's pre-activations z_t; 2 also the reverse loop's per-step slices of the saved states.
-# XLA:CPU fuses a scan's per-step dynamic slice of a (T, B, k) buffer into the elementwise fusion
-# that reads it; when that fusion also slices the result into gate blocks, the fused loop ran
-# about 3x slower than the same arithmetic on a stored (B, k) array (51 vs 17 us per 32-row
-# forward step, docs/performance.md, "Recurrent models on one device").
-_STORE_LEVEL = 2
+class _LSTMOpts(NamedTuple):
+    """What :func:`lstm_layer`'s loop bodies store before reading (both choices compute the same
+    function and gradients; measured on XLA:CPU in interleaved A/Bs, docs/performance.md,
+    "Recurrent models on one device").
+
+    XLA:CPU fuses a scan's per-step dynamic slice of a stacked ``(T, B, k)`` array into every
+    elementwise op that reads it. When those ops then cut the slice into gate blocks, each block's
+    fusion re-reads it through the dynamic slice, and the loop ran several times slower than the
+    same arithmetic on a stored ``(B, k)`` array. :func:`jaxdl.nn.materialize`'s store (a
+    one-element ``dynamic_update_slice``, which XLA does not fuse into readers) makes the slice
+    one contiguous copy read by the gate ops.
+
+    * ``store_acts`` (on): the reverse loop stores its step's ``[i, f, g, o, c]_t`` before the
+      gradient arithmetic reads the five blocks: the LSTM train step 1.12x faster.
+    * ``store_z`` (off): the forward stores ``z_t = x_t W_i + b + h_{t-1} W_h`` before the gate
+      activations read it. Measured no faster (XLA already computes the gates from the stored
+      output of the add), so it is off; kept so the A/B can be re-run.
+    """
+
+    store_acts: bool = True
+    store_z: bool = False
 
 
-def _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist: bool, unroll: int, store: int = 0):
+_LSTM_OPTS = _LSTMOpts()
+
+
+def _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist: bool, unroll: int, o: _LSTMOpts):
     """The LSTM over ``xs (T, B, in)``: ``((c_T, h_T), hs (T, B, H), acts (T, B, 5H))`` where
     ``acts[t] = [i, f, g, o, c]_t``, the gate activations and cell state the backward pass needs."""
     inputs = _add_bias(xs @ w_i, b) if hoist else xs  # (T, B, 4H) or (T, B, in)
@@ -294,8 +311,8 @@ def _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist: bool, unroll: int, store: int 
     def body(carry, x_t):
         c, h = carry
         z = (x_t if hoist else _add_bias(x_t @ w_i, b)) + h @ w_h  # (B, 4H)
-        if store >= 1:
-            z = _stored(z)  # the gates below read a stored z, not the fused dynamic slice
+        if o.store_z:
+            z = _stored(z)  # the gates read a stored z, not four fused re-reads of the slice
         (c, h), gates = _lstm_update(z, c)
         return (c, h), (h, jnp.concatenate([*gates, c], axis=-1))
 
@@ -303,12 +320,12 @@ def _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist: bool, unroll: int, store: int 
     return (c, h), hs, acts
 
 
-def _lstm_layer_fwd(w_i, w_h, b, c0, h0, xs, hoist, unroll, store):
-    (c, h), hs, acts = _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist, unroll, store)
+def _lstm_layer_fwd(w_i, w_h, b, c0, h0, xs, hoist, unroll, o):
+    (c, h), hs, acts = _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist, unroll, o)
     return ((c, h), hs), (w_i, w_h, c0, h0, xs, hs, acts)
 
 
-def _lstm_layer_bwd(hoist, unroll, store, residuals, cotangents):
+def _lstm_layer_bwd(hoist, unroll, o, residuals, cotangents):
     w_i, w_h, c0, h0, xs, hs, acts = residuals
     (dc_T, dh_T), dhs = cotangents
     T, B, H = hs.shape
@@ -318,18 +335,18 @@ def _lstm_layer_bwd(hoist, unroll, store, residuals, cotangents):
     def body(carry, inp):
         dc, dh = carry  # dL/dc_t, dL/dh_t from the steps after t
         dh_out, a, cp = inp
-        if store >= 2:
-            a = _stored(a)  # read five ways below: stored once, not re-sliced from (T, B, 5H)
-        i, f, g, o, c = (a[:, k * H : (k + 1) * H] for k in range(5))
+        if o.store_acts:
+            a = _stored(a)  # read as five blocks below: one copy, not five fused re-reads
+        i, f, g, og, c = (a[:, k * H : (k + 1) * H] for k in range(5))
         tc = jnp.tanh(c)
         dh = dh + dh_out
-        dc = dc + dh * o * (1 - tc * tc)
+        dc = dc + dh * og * (1 - tc * tc)
         dz = jnp.concatenate(
             [
                 dc * g * i * (1 - i),
                 dc * cp * f * (1 - f),
                 dc * i * (1 - g * g),
-                dh * tc * o * (1 - o),
+                dh * tc * og * (1 - og),
             ],
             axis=-1,
         )  # (B, 4H): dL/dz_t, z the pre-activations in the order i, f, g, o
@@ -348,8 +365,8 @@ def _lstm_layer_bwd(hoist, unroll, store, residuals, cotangents):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _lstm_layer(w_i, w_h, b, c0, h0, xs, hoist, unroll, store):
-    (c, h), hs, _ = _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist, unroll, store)
+def _lstm_layer(w_i, w_h, b, c0, h0, xs, hoist, unroll, o):
+    (c, h), hs, _ = _lstm_forward(w_i, w_h, b, c0, h0, xs, hoist, unroll, o)
     return (c, h), hs
 
 
@@ -399,7 +416,7 @@ def lstm_layer(
             f"lstm_layer: batch_splits must be a positive divisor of the batch size {B}, "
             f"got {batch_splits}"
         )
-    store = _STORE_LEVEL
+    store = _LSTM_OPTS
     if batch_splits == 1:
         return _lstm_layer(w_i, w_h, b, c0, h0, xs, hoist, unroll, store)
     parts = [

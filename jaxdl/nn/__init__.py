@@ -97,3 +97,7 @@ __all__ += ["BatchNorm", "batch_norm"]
 from jaxdl.nn.materialize import materialize  # noqa: E402
 
 __all__ += ["materialize"]
+
+from jaxdl.nn.recurrent import gru_layer  # noqa: E402
+
+__all__ += ["gru_layer"]

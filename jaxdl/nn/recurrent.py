@@ -441,6 +441,7 @@ def _gru_forward(w_i, w_h, b_i, b_h, h0, xs, unroll: int):
     inputs = _add_bias(xs @ w_i, b_i)  # (T, B, 3H): every step's input half in one matmul
 
     def body(h, x_t):
+        x_t = _stored(x_t)  # read as three blocks: one copy, not three fused re-reads (_LSTMOpts)
         hp = _add_bias(h @ w_h, b_h)  # (B, 3H): the one recurrent matmul of the step
         r = jax.nn.sigmoid(x_t[:, :H] + hp[:, :H])
         z = jax.nn.sigmoid(x_t[:, H : 2 * H] + hp[:, H : 2 * H])
@@ -650,10 +651,11 @@ class RNN(nn.Module):
     * ``"gru_layer"``: :func:`gru_layer`, the reset-after GRU with its own backward pass (input
       projection hoisted, ``batch_splits`` as above), accepted for a :class:`GRUCell` with
       ``reset_after=True`` (or a subclass that overrides neither ``step`` nor ``project``) and
-      without ``seq_lengths``; anything else raises ``ValueError``.
-    * ``"auto"`` (default): ``"lstm_layer"`` or ``"gru_layer"`` where one is accepted, else
-      ``"scan"``. A subclass of :class:`LSTMCell` that overrides ``step`` (a peephole, a layer
-      norm) is therefore run by its own ``step``, never silently by the plain LSTM's formula.
+      without ``seq_lengths``; anything else raises ``ValueError``. Opt-in: for the GRU(64)
+      train step on CPU it measured on par with the scan (docs/performance.md).
+    * ``"auto"`` (default): ``"lstm_layer"`` where it is accepted, else ``"scan"``. A subclass
+      of :class:`LSTMCell` that overrides ``step`` (a peephole, a layer norm) is therefore run
+      by its own ``step``, never silently by the plain LSTM's formula.
     """
 
     cell: nn.Module
@@ -730,7 +732,7 @@ class RNN(nn.Module):
         if self.impl == "scan":
             return None
         cls = type(self.cell)
-        if self.impl == "gru_layer" or (self.impl == "auto" and issubclass(cls, GRUCell)):
+        if self.impl == "gru_layer":  # opt-in: on par with the scan for GRU(64) on CPU
             name, base = "gru_layer", GRUCell
         else:
             name, base = "lstm_layer", LSTMCell

@@ -1,7 +1,6 @@
 """``nn.gru_layer``, the reset-after GRU layer with its own backward pass, against JAX's autodiff
 of the plain :class:`GRUCell` scan (outputs and every gradient), float64 finite differences, and
-through ``nn.RNN`` (``impl="auto"`` takes it for a reset-after GRU, and it agrees with
-``impl="scan"``)."""
+through ``nn.RNN`` (``impl="gru_layer"`` agrees with ``impl="scan"``; ``"auto"`` keeps the scan)."""
 
 import functools
 
@@ -71,9 +70,9 @@ def test_gradients_match_float64_finite_differences():
             np.testing.assert_allclose(float(g_flat @ d), float(fd), rtol=1e-6, atol=1e-8)
 
 
-def test_rnn_auto_takes_the_layer_for_a_reset_after_gru_and_agrees_with_the_scan():
+def test_rnn_gru_layer_agrees_with_the_scan_and_auto_keeps_the_scan():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(B, T, IN)), jnp.float32)
-    auto = nn.RNN(nn.GRUCell(H), return_carry=True, batch_splits=2)
+    auto = nn.RNN(nn.GRUCell(H), return_carry=True, batch_splits=2, impl="gru_layer")
     v = auto.init(jax.random.key(0), x)
     scan = nn.RNN(nn.GRUCell(H), return_carry=True, impl="scan")
     chex.assert_trees_all_close(auto.apply(v, x), scan.apply(v, x), atol=1e-6)
@@ -82,10 +81,12 @@ def test_rnn_auto_takes_the_layer_for_a_reset_after_gru_and_agrees_with_the_scan
         return jax.grad(lambda v: jnp.sum(jnp.sin(rnn.apply(v, x)[1])))(v)
 
     chex.assert_trees_all_close(grads(auto), grads(scan), rtol=1e-5, atol=1e-6)
-    # auto really took gru_layer: its jaxpr holds the custom_vjp, the scan's does not
+    # gru_layer really ran: its jaxpr holds the custom_vjp, the scan's and auto's do not
     jaxpr = str(jax.make_jaxpr(lambda v: auto.apply(v, x))(v))
     assert "custom_vjp" in jaxpr
     assert "custom_vjp" not in str(jax.make_jaxpr(lambda v: scan.apply(v, x))(v))
+    default = nn.RNN(nn.GRUCell(H), return_carry=True)
+    assert "custom_vjp" not in str(jax.make_jaxpr(lambda v: default.apply(v, x))(v))
 
 
 def test_reset_before_gru_and_padded_batches_keep_the_scan():

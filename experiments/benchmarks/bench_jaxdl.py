@@ -2,7 +2,8 @@
 trained with :func:`jaxdl.optim.adam`, state donated.
 
 On CPU the process gives JAX one CPU device per thread of the harness (``cfg["threads"]``, all
-cores by default) and the LSTM train step runs data-parallel over them with
+cores by default) and the recurrent train steps (``lstm_train``, ``gru_train``, ``bilstm_train``;
+:func:`recurrent_model`) run data-parallel over them with
 :func:`jaxdl.train.parallel.make_shard_map_train_step`: each device takes ``B/D`` rows on its own
 core, where one device leaves the second core mostly idle in the sequential loop. The CNN
 workloads run on one device with :func:`jaxdl.train.make_train_step`: their operations are big

@@ -162,7 +162,14 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                 with xla_flags.tuned_step():
                     return raw(*a)
 
-            options = {**xla_flags.train_step_compiler_options(), **kv["opt"]}
+            def typed(v: str):
+                low = v.lower()
+                if low in ("true", "false"):
+                    return low == "true"
+                return int(v) if v.lstrip("-").isdigit() else v
+
+            extra = {k: typed(v) for k, v in kv["opt"].items()}
+            options = {**xla_flags.train_step_compiler_options(), **extra}
             step_fn = jax.jit(traced, donate_argnums=(0,), compiler_options=options)
         else:
             step_fn = train.make_train_step(model, opt, loss_fn=losses.mse)

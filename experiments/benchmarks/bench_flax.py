@@ -2,6 +2,11 @@
 (``nn.Conv`` + ``nn.max_pool``, ``nn.RNN(nn.OptimizedLSTMCell)``), one jitted Adam step with the
 parameters and optimizer state donated. No jaxdl code runs here.
 
+Recurrent workloads: ``nn.RNN(nn.OptimizedLSTMCell)``, ``nn.RNN(nn.GRUCell)`` (reset-after; flax's
+GRU has no bias on the recurrent r and z products, so 128 parameters fewer than the others at
+H = 64, the same function class) and ``nn.Bidirectional`` of two ``OptimizedLSTMCell`` layers with
+their final hidden states concatenated, each then ``nn.Dense(1)``.
+
 Run by :mod:`experiments.benchmarks.run`.
 """
 
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from experiments.benchmarks import _recurrent_workloads  # noqa: F401 (gru_train, bilstm_train)
 from experiments.benchmarks._harness import main
 
 
@@ -45,6 +51,21 @@ def build(workload: str, cfg: dict[str, Any], data: dict[str, Any]):
             h = nn.RNN(nn.OptimizedLSTMCell(cfg["hidden"]))(x)[:, -1]  # (B, H)
             return nn.Dense(1)(h)
 
+    class GRU(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            h, _ = nn.RNN(nn.GRUCell(cfg["hidden"]), return_carry=True)(x)  # (B, H)
+            return nn.Dense(1)(h)
+
+    class BiLSTM(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            def rnn():
+                return nn.RNN(nn.OptimizedLSTMCell(cfg["hidden"]))
+
+            (cf, cb), _ = nn.Bidirectional(rnn(), rnn(), return_carry=True)(x)
+            return nn.Dense(1)(jnp.concatenate([cf[1], cb[1]], axis=-1))
+
     key = jax.random.key(cfg["seed"])
     x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
     if workload == "cnn_infer":
@@ -52,10 +73,11 @@ def build(workload: str, cfg: dict[str, Any], data: dict[str, Any]):
         params = model.init(key, x[:1], train=False)
         forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
         return (lambda: forward(params, x)), jax.block_until_ready
-    if workload not in ("cnn_train", "lstm_train"):
+    models = {"cnn_train": CNN, "lstm_train": LSTM, "gru_train": GRU, "bilstm_train": BiLSTM}
+    if workload not in models:
         raise NotImplementedError(f"{workload} is measured for jaxdl and Keras only")
 
-    model = CNN() if workload == "cnn_train" else LSTM()
+    model = models[workload]()
     if workload == "cnn_train":
         loss = lambda out, y: optax.softmax_cross_entropy_with_integer_labels(out, y).mean()  # noqa: E731
     else:

@@ -2,7 +2,8 @@
 trained with :func:`jaxdl.optim.adam`, state donated.
 
 On CPU the process gives JAX one CPU device per thread of the harness (``cfg["threads"]``, all
-cores by default) and the LSTM train step runs data-parallel over them with
+cores by default) and the recurrent train steps (``lstm_train``, ``gru_train``, ``bilstm_train``;
+:func:`recurrent_model`) run data-parallel over them with
 :func:`jaxdl.train.parallel.make_shard_map_train_step`: each device takes ``B/D`` rows on its own
 core, where one device leaves the second core mostly idle in the sequential loop. The CNN
 workloads run on one device with :func:`jaxdl.train.make_train_step`: their operations are big
@@ -17,9 +18,43 @@ from __future__ import annotations
 
 from typing import Any
 
+from experiments.benchmarks import _recurrent_workloads  # noqa: F401 (gru_train, bilstm_train)
 from experiments.benchmarks._harness import main
 
-DATA_PARALLEL = ("lstm_train",)  # the workloads trained over all devices when there are several
+# the workloads trained over all devices when there are several
+DATA_PARALLEL = ("lstm_train", "gru_train", "bilstm_train")
+
+
+def recurrent_model(workload: str, cfg: dict[str, Any]):
+    """The jaxdl model of a recurrent workload: :class:`jaxdl.models.Forecaster` with an LSTM or
+    GRU cell (the GRU is ``GRUCell``'s reset-after default, PyTorch's and Keras's form), or a
+    :class:`jaxdl.nn.Bidirectional` pair of LSTM layers whose final hidden states, concatenated,
+    feed ``Dense(1)`` (Keras's ``Bidirectional(LSTM(H))`` -> ``Dense(1)``)."""
+    import flax.linen as fnn
+    import jax.numpy as jnp
+
+    from jaxdl import models, nn
+
+    extra = cfg.get("jaxdl_lstm", {})
+    if workload == "lstm_train":
+        return models.Forecaster(hidden=cfg["hidden"], **extra)
+    if workload == "gru_train":
+        return models.Forecaster(hidden=cfg["hidden"], cell="gru", **cfg.get("jaxdl_gru", {}))
+    if workload != "bilstm_train":
+        raise NotImplementedError(workload)
+    hidden = cfg["hidden"]
+
+    class BiForecaster(fnn.Module):
+        @fnn.compact
+        def __call__(self, x, train: bool = False):
+            def rnn():
+                return nn.RNN(nn.LSTMCell(hidden, parent=None), parent=None, **extra)
+
+            (cf, cb), _ = nn.Bidirectional(rnn(), rnn(), return_carry=True)(x)
+            h = jnp.concatenate([cf[1], cb[1]], axis=-1)  # (B, 2H): forward h_T, backward h_1
+            return fnn.Dense(1)(h)
+
+    return BiForecaster()
 
 
 def configure(cfg: dict[str, Any], cpu_devices: int | None = None) -> None:
@@ -63,12 +98,11 @@ def build(workload: str, cfg: dict[str, Any], data: dict[str, Any]):
         forward = jax.jit(lambda v, x: model.apply(v, x))
         return (lambda: forward(params, x)), jax.block_until_ready
 
-    if workload in ("cnn_train", "lstm_train"):
+    if workload in ("cnn_train", *DATA_PARALLEL):
         if workload == "cnn_train":
             model, loss_fn = models.MnistCNN(), None
         else:
-            model = models.Forecaster(hidden=cfg["hidden"], **cfg.get("jaxdl_lstm", {}))
-            loss_fn = losses.mse
+            model, loss_fn = recurrent_model(workload, cfg), losses.mse
         x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
         opt = optim.adam(lr)
         state = train.create_train_state(model, opt, x, cfg["seed"])

@@ -3,6 +3,9 @@
 already in memory, inference through a ``tf.function`` of the model. Threads: the harness's
 ``threads`` for both TensorFlow's intra-op and inter-op pools.
 
+Recurrent workloads: ``LSTM(64)``, ``GRU(64)`` (``reset_after=True``, Keras's default and jaxdl's
+GRU form) or ``Bidirectional(LSTM(64))`` (merge ``concat``), then ``Dense(1)``.
+
 Run by :mod:`experiments.benchmarks.run`.
 """
 
@@ -14,6 +17,7 @@ from typing import Any
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from experiments.benchmarks import _recurrent_workloads  # noqa: E402, F401 (gru, bilstm)
 from experiments.benchmarks._harness import main  # noqa: E402
 
 
@@ -73,13 +77,14 @@ def build(workload: str, cfg: dict[str, Any], data: dict[str, Any]):
     if workload == "cnn_train":
         model = compiled_cnn()
         x, y = tf.constant(data["x"]), tf.constant(data["y"])
-    elif workload == "lstm_train":
+    elif workload in ("lstm_train", "gru_train", "bilstm_train"):
+        rnn = {
+            "lstm_train": lambda: layers.LSTM(cfg["hidden"]),
+            "gru_train": lambda: layers.GRU(cfg["hidden"], reset_after=True),
+            "bilstm_train": lambda: layers.Bidirectional(layers.LSTM(cfg["hidden"])),
+        }[workload]()
         model = keras.Sequential(
-            [
-                keras.Input((cfg["timesteps"], cfg["features"])),
-                layers.LSTM(cfg["hidden"]),
-                layers.Dense(1),
-            ]
+            [keras.Input((cfg["timesteps"], cfg["features"])), rnn, layers.Dense(1)]
         )
         model.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]), loss="mse")
         x, y = tf.constant(data["x"]), tf.constant(data["y"])

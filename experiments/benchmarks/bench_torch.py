@@ -2,7 +2,10 @@
 
 The models are the course's: ``Conv2d(1, 32, 3) -> ReLU -> MaxPool2d(2) -> Conv2d(32, 64, 3) -> ReLU
 -> MaxPool2d(2) -> Flatten -> Linear(1600, 128) -> ReLU -> Dropout(0.5) -> Linear(128, 10)`` with
-Glorot-uniform weights and zero biases, and ``LSTM(8, 64) -> Linear(64, 1)`` on the last step.
+Glorot-uniform weights and zero biases, and ``LSTM(8, 64) -> Linear(64, 1)`` on the last step;
+``gru_train``: ``GRU(8, 64) -> Linear(64, 1)`` (PyTorch's GRU is the reset-after form, jaxdl's
+default, with the same parameter count); ``bilstm_train``: ``LSTM(8, 64, bidirectional=True)``,
+the final states of both directions (``h_n``) concatenated into ``Linear(128, 1)``.
 PyTorch convolutions take NCHW, so the shared NHWC images are transposed once, before timing.
 Intra-op threads: the harness's ``threads`` (both cores).
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from experiments.benchmarks import _recurrent_workloads  # noqa: F401 (gru_train, bilstm_train)
 from experiments.benchmarks._harness import main
 
 
@@ -59,13 +63,34 @@ def build(workload: str, cfg: dict[str, Any], data: dict[str, Any]):
             y, _ = self.rnn(x)  # (B, T, H)
             return self.head(y[:, -1])
 
+    class GRU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(cfg["features"], cfg["hidden"], batch_first=True)
+            self.head = nn.Linear(cfg["hidden"], 1)
+
+        def forward(self, x):
+            _, h_n = self.rnn(x)  # (1, B, H)
+            return self.head(h_n[0])
+
+    class BiLSTM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(cfg["features"], cfg["hidden"], batch_first=True, bidirectional=True)
+            self.head = nn.Linear(2 * cfg["hidden"], 1)
+
+        def forward(self, x):
+            _, (h_n, _) = self.rnn(x)  # (2, B, H): forward after x[T-1], backward after x[0]
+            return self.head(torch.cat([h_n[0], h_n[1]], dim=-1))
+
     if workload in ("cnn_train", "cnn_infer"):
         x = torch.from_numpy(data["x"]).permute(0, 3, 1, 2).contiguous()  # (N, 1, 28, 28)
         y = torch.from_numpy(data["y"]).long()
         model, loss_fn = cnn(), nn.CrossEntropyLoss()
-    elif workload == "lstm_train":
+    elif workload in ("lstm_train", "gru_train", "bilstm_train"):
         x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
-        model, loss_fn = LSTM(), nn.MSELoss()
+        model = {"lstm_train": LSTM, "gru_train": GRU, "bilstm_train": BiLSTM}[workload]()
+        loss_fn = nn.MSELoss()
     else:
         raise NotImplementedError(f"{workload} is measured for jaxdl and Keras only")
 

@@ -108,3 +108,7 @@ __all__ += ["Dense"]
 from jaxdl.nn.materialize import materialize  # noqa: E402
 
 __all__ += ["materialize"]
+
+from jaxdl.nn.recurrent import gru_layer  # noqa: E402
+
+__all__ += ["gru_layer"]

@@ -35,11 +35,31 @@ def lstm_fwd_flops(timesteps: int, features: int, hidden: int) -> int:
     return 2 * timesteps * (features + hidden) * 4 * hidden + 2 * hidden
 
 
-WORKLOADS = ("cnn_train", "cnn_infer", "lstm_train", "cnn_tta")
+def gru_fwd_flops(timesteps: int, features: int, hidden: int) -> int:
+    """Per sequence: ``T`` steps of ``(in + H) @ (in + H, 3H)``, then ``Dense(1)``."""
+    return 2 * timesteps * (features + hidden) * 3 * hidden + 2 * hidden
+
+
+def bilstm_fwd_flops(timesteps: int, features: int, hidden: int) -> int:
+    """Per sequence: two LSTMs' ``T`` steps of ``(in + H) @ (in + H, 4H)``, then ``Dense(1)`` on
+    the ``2H`` concatenated final states."""
+    return 2 * (2 * timesteps * (features + hidden) * 4 * hidden) + 2 * 2 * hidden
+
+
+# The recurrent workloads share lstm_train's shapes and data (batch 128, T = 100, 8 features,
+# hidden 64, one target per sequence, MSE, Adam). gru_train is the reset-after GRU (PyTorch's
+# nn.GRU, Keras's GRU(reset_after=True), jaxdl's GRUCell default): 14,273 parameters in jaxdl,
+# PyTorch and Keras (flax's GRUCell has no bias on the recurrent r and z products: 14,145).
+# bilstm_train reads out the two directions' final states, (B, 2H): 37,505 parameters (PyTorch's
+# nn.LSTM has a second bias vector per direction, 512 more, the same function).
+SEQUENCE_WORKLOADS = ("lstm_train", "gru_train", "bilstm_train")
+WORKLOADS = ("cnn_train", "cnn_infer", *SEQUENCE_WORKLOADS, "cnn_tta")
 DESCRIPTIONS = {
     "cnn_train": "MnistCNN train step (forward, backward, Adam), dropout on",
     "cnn_infer": "MnistCNN inference (forward, dropout off)",
     "lstm_train": "LSTM(64) -> Dense(1) train step (MSE, Adam)",
+    "gru_train": "GRU(64) (reset-after) -> Dense(1) train step (MSE, Adam)",
+    "bilstm_train": "Bidirectional(LSTM(64)) -> Dense(1) train step (MSE, Adam)",
     "cnn_tta": "MnistCNN on mnist_5k: training seconds until 97% test accuracy",
 }
 
@@ -49,8 +69,10 @@ def flops_per_example(workload: str, cfg: dict[str, Any]) -> float | None:
         return float(CNN_TRAIN_FLOPS)
     if workload == "cnn_infer":
         return float(CNN_FWD_FLOPS)
-    if workload == "lstm_train":
-        return 3.0 * lstm_fwd_flops(cfg["timesteps"], cfg["features"], cfg["hidden"])
+    fwd = {"lstm_train": lstm_fwd_flops, "gru_train": gru_fwd_flops,
+           "bilstm_train": bilstm_fwd_flops}.get(workload)  # fmt: skip
+    if fwd is not None:
+        return 3.0 * fwd(cfg["timesteps"], cfg["features"], cfg["hidden"])
     return None
 
 
@@ -68,7 +90,7 @@ def make_data(workload: str, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
             "x": rng.random((b, 28, 28, 1), dtype=np.float32),
             "y": rng.integers(0, 10, b).astype(np.int32),
         }
-    if workload == "lstm_train":
+    if workload in SEQUENCE_WORKLOADS:  # the same arrays for all three
         return {
             "x": rng.standard_normal((b, cfg["timesteps"], cfg["features"])).astype(np.float32),
             "y": rng.standard_normal((b, 1)).astype(np.float32),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from experiments.benchmarks import _recurrent_workloads  # noqa: F401 (gru_train, bilstm_train)
 from experiments.benchmarks._harness import main
 
 

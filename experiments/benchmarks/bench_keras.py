@@ -17,7 +17,6 @@ from typing import Any
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from experiments.benchmarks import _recurrent_workloads  # noqa: E402, F401 (gru, bilstm)
 from experiments.benchmarks._harness import main  # noqa: E402
 
 

@@ -4,7 +4,7 @@ same workloads, each (framework, workload) pair in a fresh process, one after an
 Workloads (see ``_harness.py``): the course's MnistCNN train step (batch 128, Adam, dropout on),
 its inference throughput (batch ``infer_batch_size``), the course's LSTM(64) -> Dense(1) train step
 (T = 100, 8 features, batch 128, MSE, Adam), the same with ``GRU(64)`` (``gru_train``) and with
-``Bidirectional(LSTM(64))`` (``bilstm_train``; :mod:`._recurrent_workloads`), and the time to 97% test accuracy on mnist_5k (jaxdl
+``Bidirectional(LSTM(64))`` (``bilstm_train``; :mod:`._harness`), and the time to 97% test accuracy on mnist_5k (jaxdl
 and Keras). Method: the first call (compilation) is timed on its own, ``warmup`` further steps are
 discarded, then ``repeats`` blocks of ``steps`` steps are timed; we report the median block's
 examples/s, the spread (min, max, interquartile range), the achieved GFLOP/s against the analytic
@@ -39,10 +39,10 @@ import numpy as np
 
 from experiments.benchmarks._harness import (
     DESCRIPTIONS,
+    WORKLOADS,
     matmul_peak_subprocess,
     run_meta,
 )
-from experiments.benchmarks._recurrent_workloads import WORKLOADS  # _harness's + gru, bilstm
 from experiments.benchmarks.bench_jaxdl import DATA_PARALLEL
 from experiments.common import new_figure, parse_config, save_figure, save_json
 

@@ -73,6 +73,22 @@ def _stats(x2: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array, 
     return mean, jnp.maximum(meansq - mean * mean, 0.0), m
 
 
+def _scale_and_bias(module: fnn.Module, n: int) -> tuple[jax.Array, jax.Array]:
+    """A normalisation layer's ``scale`` and ``bias`` ``(n,)`` parameters, or ones and zeros
+    where ``use_scale`` / ``use_bias`` is off (flax's names, initialisers and dtypes)."""
+    scale = (
+        module.param("scale", module.scale_init, (n,), module.param_dtype)
+        if module.use_scale
+        else jnp.ones((n,), module.param_dtype)
+    )
+    bias = (
+        module.param("bias", module.bias_init, (n,), module.param_dtype)
+        if module.use_bias
+        else jnp.zeros((n,), module.param_dtype)
+    )
+    return scale, bias
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _batch_norm(x2, scale, bias, epsilon, axis_name):
     return _batch_norm_fwd(x2, scale, bias, epsilon, axis_name)[0]
@@ -167,16 +183,7 @@ class BatchNorm(fnn.Module):
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        scale = (
-            self.param("scale", self.scale_init, (c,), self.param_dtype)
-            if self.use_scale
-            else jnp.ones((c,), self.param_dtype)
-        )
-        bias = (
-            self.param("bias", self.bias_init, (c,), self.param_dtype)
-            if self.use_bias
-            else jnp.zeros((c,), self.param_dtype)
-        )
+        scale, bias = _scale_and_bias(self, c)
         dtype = self.dtype or jnp.result_type(x, scale, bias)
         xf = jnp.asarray(x, jnp.float32)
         scale, bias = jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32)
@@ -258,16 +265,7 @@ class LayerNorm(fnn.Module):
         if x.ndim < 1:
             raise ValueError(f"LayerNorm: x must have rank >= 1, got shape {x.shape}")
         d = x.shape[-1]
-        scale = (
-            self.param("scale", self.scale_init, (d,), self.param_dtype)
-            if self.use_scale
-            else jnp.ones((d,), self.param_dtype)
-        )
-        bias = (
-            self.param("bias", self.bias_init, (d,), self.param_dtype)
-            if self.use_bias
-            else jnp.zeros((d,), self.param_dtype)
-        )
+        scale, bias = _scale_and_bias(self, d)
         dtype = self.dtype or jnp.result_type(x, scale, bias)
         ct = jnp.promote_types(dtype, jnp.float32)
         y = layer_norm(jnp.asarray(x, ct), jnp.asarray(scale, ct), jnp.asarray(bias, ct),

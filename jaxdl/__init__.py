@@ -20,7 +20,17 @@ cpu_malloc.apply(backend_started=xla_flags.backend_started())
 from jaxdl import data, losses, models, nn, optim, train  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["data", "losses", "models", "nn", "optim", "train", "xla_flags", "cpu_malloc", "__version__"]
+__all__ = [
+    "data",
+    "losses",
+    "models",
+    "nn",
+    "optim",
+    "train",
+    "xla_flags",
+    "cpu_malloc",
+    "__version__",
+]
 
 # Reinforcement learning on the device (environments, agents, saved policies).
 from jaxdl import rl  # noqa: E402

@@ -32,6 +32,8 @@ import ctypes
 import os
 import platform
 
+from jaxdl.xla_flags import opted_out
+
 __all__ = ["OPT_OUT_ENV", "SETTINGS", "apply"]
 
 # mallopt parameter numbers from glibc's <malloc.h>.
@@ -54,7 +56,7 @@ def apply(
     """Set :data:`SETTINGS` with glibc's ``mallopt`` (module docstring); returns what was set
     (empty when opted out, not glibc, or too late because the backend has started)."""
     env = os.environ if environ is None else environ
-    if env.get(OPT_OUT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if opted_out(env, OPT_OUT_ENV):
         return {}
     if backend_started or not _is_glibc():
         return {}

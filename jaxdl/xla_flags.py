@@ -45,6 +45,7 @@ __all__ = [
     "apply",
     "backend_started",
     "check_differentiated",
+    "opted_out",
     "train_step_compiler_options",
     "tuned_step",
 ]
@@ -72,8 +73,14 @@ def _jaxlib_version() -> tuple[int, int] | None:
         return None
 
 
+def opted_out(env, variable: str) -> bool:
+    """Whether the environment variable ``variable`` is set to ``0``, ``false``, ``no`` or
+    ``off``: how jaxdl's import-time settings are switched off."""
+    return env.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def _enabled(env) -> bool:
-    if env.get(OPT_OUT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if opted_out(env, OPT_OUT_ENV):
         return False
     return _jaxlib_version() in TESTED_JAXLIB
 

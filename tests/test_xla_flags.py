@@ -58,6 +58,47 @@ def test_train_step_options_on_cpu_and_the_users_value_wins(tested_jaxlib):
     assert xla_flags.train_step_compiler_options({xla_flags.OPT_OUT_ENV: "0"}) is None
 
 
+def test_inference_options_follow_the_model(tested_jaxlib):
+    from jaxdl import models
+
+    resnet = models.resnet_cifar(20)
+    assert xla_flags.inference_compiler_options(resnet, {}) == xla_flags.TRAIN_STEP_OPTIONS
+    assert xla_flags.inference_compiler_options(None, {}) == xla_flags.TRAIN_STEP_OPTIONS
+    # MnistCNN's inference is faster under XLA's defaults, and says so
+    assert xla_flags.inference_compiler_options(models.MnistCNN(), {}) is None
+    assert xla_flags.inference_compiler_options(resnet, {xla_flags.OPT_OUT_ENV: "0"}) is None
+
+
+def test_library_inference_paths_compile_with_the_models_options(tested_jaxlib, monkeypatch):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxdl import models, train
+    from jaxdl.train import loop
+    from jaxdl.train import step as step_mod
+
+    loop._predict_step.cache_clear()  # predict compiles once per model: make it compile here
+    seen = []
+    real_jit = jax.jit
+
+    def recording_jit(fn, **kwargs):
+        seen.append(kwargs.get("compiler_options"))
+        return real_jit(fn, **kwargs)
+
+    monkeypatch.setattr(step_mod.jax, "jit", recording_jit)
+    model = models.resnet_cifar(20)
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    expected = xla_flags.inference_compiler_options(model)
+    out = train.predict(model, variables, np.zeros((3, 32, 32, 3), np.float32), batch_size=2)
+    assert out.shape == (3, 10)
+    sums = train.make_eval_step(model)(variables, x, jnp.zeros(2, jnp.int32), jnp.ones(2))
+    assert float(sums["count"]) == 2.0
+    assert seen[-2:] == [expected, expected]
+    assert train.jit_inference(lambda v: v, models.MnistCNN()) is not None
+    assert seen[-1] is None
+
+
 _PROBE = """
 import os, jaxdl, jax, jax.numpy as jnp
 from jax import lax

@@ -138,7 +138,7 @@ def run_jaxdl(name: str, mode: str, cfg: dict) -> dict:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     flops = forward_flops(model, variables, x)
     if mode == "infer":
-        forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        forward = train.jit_inference(lambda v, x: model.apply(v, x, train=False), model)
 
         def step():
             return forward(variables, x)

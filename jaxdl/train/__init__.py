@@ -22,7 +22,7 @@ from jaxdl.train.history import History
 from jaxdl.train.loop import NonFiniteLossError, default_optimizer, evaluate, fit, predict
 from jaxdl.train.precision import Policy, dynamic_loss_scale
 from jaxdl.train.state import TrainState, create_train_state
-from jaxdl.train.step import jit_train_step, make_eval_step, make_train_step
+from jaxdl.train.step import jit_inference, jit_train_step, make_eval_step, make_train_step
 
 __all__ = [
     "CSVLogger",
@@ -31,6 +31,7 @@ __all__ = [
     "CorruptCheckpointError",
     "RunContext",
     "TensorBoard",
+    "jit_inference",
     "jit_train_step",
     "load_variables",
     "predict",

@@ -32,7 +32,7 @@ from jaxdl.train.history import History
 from jaxdl.train.optimizer import RunOptimizer, prepare_optimizer
 from jaxdl.train.resume import ResumeCheckpoint
 from jaxdl.train.state import TrainState, apply_model, create_train_state
-from jaxdl.train.step import LossFn, make_eval_step, make_train_step
+from jaxdl.train.step import LossFn, jit_inference, make_eval_step, make_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -97,7 +97,7 @@ def _eval_step(model: nn.Module, loss_fn: LossFn | None):
 
 @functools.lru_cache(maxsize=64)
 def _predict_step(model: nn.Module):
-    return jax.jit(lambda v, x: mixed.cast_outputs(apply_model(model, v, x, False)))
+    return jit_inference(lambda v, x: mixed.cast_outputs(apply_model(model, v, x, False)), model)
 
 
 def _cached(factory, model, *args):

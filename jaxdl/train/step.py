@@ -90,6 +90,20 @@ def jit_train_step(fn: Callable[..., Any], donate: bool = True, **jit_kwargs: An
     )
 
 
+def jit_inference(fn: Callable[..., Any], model: Any = None, **jit_kwargs: Any):
+    """``jax.jit`` of an inference function of ``model`` as jaxdl's own inference paths compile it
+    (:func:`make_eval_step`, ``evaluate``, ``predict``): with
+    :func:`jaxdl.xla_flags.inference_compiler_options` for ``model`` (on CPU, XLA's own
+    convolution kernels, 1.3-1.6x faster on the zoo's models; nothing elsewhere). Use it in place
+    of ``jax.jit`` for a forward pass you write yourself::
+
+        forward = jaxdl.train.jit_inference(lambda v, x: model.apply(v, x, train=False), model)
+    """
+    return jax.jit(
+        fn, compiler_options=xla_flags.inference_compiler_options(model), **jit_kwargs
+    )
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -219,7 +233,6 @@ def make_eval_step(
     variables reach the compiled function, so states with different optimizers share it."""
     loss_fn = loss_fn or losses.cross_entropy
 
-    @jax.jit
     def on_variables(variables: dict, x: Any, y: jax.Array, mask: jax.Array):
         outputs = cast_outputs(apply_model(model, variables, x, False))
         metrics = {
@@ -230,6 +243,8 @@ def make_eval_step(
         if correct is not None:
             metrics["correct"] = jnp.sum(correct * mask)
         return metrics
+
+    on_variables = jit_inference(on_variables, model)
 
     def eval_step(state: TrainState | dict, x: Any, y: jax.Array, mask: jax.Array):
         variables = _variables(state) if isinstance(state, TrainState) else state

@@ -27,3 +27,26 @@ def test_conv_ops_smoke():
     assert len(rows) == 2 * len(conv_ops.LAYERS)
     assert {r["kernels"] for r in rows} == {"xla", "library"}
     assert all(r["ms"][op] > 0 for r in rows for op in conv_ops.OPS)
+
+
+def test_zoo_ab_variant_swaps_the_pointwise_lowering_and_restores_it():
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from experiments.benchmarks import zoo_ab
+    from jaxdl import nn as jnn
+    from jaxdl.nn import conv
+
+    original = conv.pointwise_conv
+    layer = jnn.Conv(4, (1, 1), strides=(2, 2))
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    variables = layer.init(jax.random.key(1), x)
+    expected = layer.apply(variables, x)
+    with zoo_ab.variant("xla_pointwise_grads"):
+        assert conv.pointwise_conv is not original
+        assert jnp.allclose(layer.apply(variables, x), expected, atol=1e-5)
+    assert conv.pointwise_conv is original
+    with pytest.raises(ValueError, match="variant must be one of"):
+        with zoo_ab.variant("nope"):
+            pass

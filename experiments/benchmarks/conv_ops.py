@@ -51,7 +51,6 @@ def _time(fn, *args, repeats: int, calls: int) -> float:
 def measure(batch_size: int = 128, repeats: int = 5, calls: int = 10) -> list[dict]:
     """One row per (layer shape, kernels): ms and GFLOP/s of each operation."""
     import jax
-    import jax.numpy as jnp
     from jax import lax
 
     from jaxdl import xla_flags
@@ -78,8 +77,12 @@ def measure(batch_size: int = 128, repeats: int = 5, calls: int = 10) -> list[di
         for name, options in kernels.items():
             ms = {
                 op: _time(
-                    jax.jit(fn, compiler_options=options or None), x, w, g,
-                    repeats=repeats, calls=calls,
+                    jax.jit(fn, compiler_options=options or None),
+                    x,
+                    w,
+                    g,
+                    repeats=repeats,
+                    calls=calls,
                 )  # fmt: skip
                 for op, fn in fns.items()
             }

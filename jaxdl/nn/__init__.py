@@ -36,9 +36,16 @@ from jaxdl.nn.conv import (  # noqa: E402
     conv_patches,
     depthwise_conv,
     patches_conv,
+    pointwise_conv,
 )
 
-__all__ += ["conv_general_dilated", "conv_patches", "depthwise_conv", "patches_conv"]
+__all__ += [
+    "conv_general_dilated",
+    "conv_patches",
+    "depthwise_conv",
+    "patches_conv",
+    "pointwise_conv",
+]
 
 from jaxdl.nn.conv import Conv  # noqa: E402
 

@@ -73,6 +73,7 @@ __all__ = [
     "conv_patches",
     "depthwise_conv",
     "patches_conv",
+    "pointwise_conv",
 ]
 
 FORWARDS = ("patches", "lax", "direct")
@@ -333,6 +334,76 @@ def depthwise_conv(
     return _depthwise(x, kernel, strides)
 
 
+@jax.custom_vjp
+def _pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    n = x.ndim - 2
+    return lax.conv_general_dilated(
+        x, kernel, (1,) * n, "VALID", dimension_numbers=_channels_last_dn(n)
+    )
+
+
+def _pointwise_fwd(x, kernel):
+    return _pointwise(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(residuals, g):
+    x, kernel = residuals
+    c, f = kernel.shape[-2:]
+    x2, g2, w2 = x.reshape(-1, c), g.reshape(-1, f), kernel.reshape(c, f)
+    dx = jnp.matmul(g2, w2.T).reshape(x.shape)  # dL/dX = G W^T
+    dk = jnp.matmul(x2.T, g2).reshape(kernel.shape)  # dL/dW = X^T G
+    return dx, dk
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+def pointwise_conv(
+    x: jax.Array, kernel: jax.Array, strides: Sequence[int] | None = None
+) -> jax.Array:
+    """Channels-last 1x1 convolution: lax's convolution forward, two GEMMs backward.
+
+    With ``x`` flattened to ``X (M, C)``, ``M = N * prod(out)`` (the strided rows, if any), and
+    ``kernel`` to ``W (C, F)``, a window of ones is one matrix product,
+
+    .. math::
+        Y = X W, \\qquad
+        \\frac{\\partial L}{\\partial X} = \\frac{\\partial L}{\\partial Y} W^\\top, \\qquad
+        \\frac{\\partial L}{\\partial W} = X^\\top \\frac{\\partial L}{\\partial Y}.
+
+    The forward pass stays ``lax.conv_general_dilated`` (on XLA:CPU as fast as the GEMM or
+    faster, and what inference runs); the custom backward computes the two gradients as those
+    GEMMs, where XLA:CPU's own convolution gradients took 1.5-2.3x as long for DenseNet-BC's
+    bottleneck layers (``docs/performance.md``, change 23). The pointwise (bottleneck, expand and
+    project) layers of DenseNet, EfficientNet and the ImageNet ResNets are of this kind.
+
+    Args:
+      x: ``(N, *spatial, C)``.
+      kernel: ``(1, ..., 1, C, F)``.
+      strides: one positive int per spatial axis (default all ones): the kept rows
+        ``x[:, ::s_1, ..., ::s_n]`` (what a 1x1 window with stride ``s`` and no padding reads).
+
+    Returns:
+      ``(N, *out, F)`` with ``out = ceil(spatial / strides)``.
+    """
+    n = kernel.ndim - 2
+    if n < 1 or any(k != 1 for k in kernel.shape[:-2]):
+        raise ValueError(
+            f"pointwise_conv: kernel must be (1, ..., 1, C, F), got shape {kernel.shape}"
+        )
+    if x.ndim != n + 2 or x.shape[-1] != kernel.shape[-2]:
+        raise ValueError(
+            f"pointwise_conv: x must be (N, *spatial, C) with rank {n + 2} and C = "
+            f"{kernel.shape[-2]} to match kernel {kernel.shape}, got shape {x.shape}"
+        )
+    strides = (1,) * n if strides is None else tuple(int(s) for s in strides)
+    if len(strides) != n or any(s < 1 for s in strides):
+        raise ValueError(f"pointwise_conv: strides must be {n} positive ints, got {strides}")
+    if any(s != 1 for s in strides):
+        x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
+    return _pointwise(x, kernel)
+
+
 def _explicit_padding(padding: Padding, spatial, window, strides) -> list[tuple[int, int]]:
     if isinstance(padding, str):
         return list(lax.padtype_to_pads(spatial, window, strides, padding.upper()))
@@ -494,6 +565,9 @@ class Conv(fnn.Module):
     The bias is added by :func:`jaxdl.nn.bias_add` (the same sum; its gradient a GEMV instead of
     XLA:CPU's slow column reduction).
 
+    A 1x1 window with one group and no padding always runs :func:`pointwise_conv` (lax's forward
+    pass, the gradients as two GEMMs), whatever the ``impl``.
+
     ``feature_group_count=g`` splits the channels into ``g`` groups convolved separately (kernel
     ``(*kernel_size, C / g, F)``, flax's layout). The depthwise case ``g = C = F`` always runs
     :func:`depthwise_conv` (multiply-adds, forward and backward); other groupings run
@@ -547,7 +621,16 @@ class Conv(fnn.Module):
         strides = (1,) * n if self.strides is None else tuple(self.strides)
         lhs = "N" + "HWD"[:n] + "C" if n <= 3 else None
         dn = (lhs, "HWD"[:n] + "IO", lhs) if lhs else _channels_last_dn(n)
-        if groups == 1:
+        pointwise = (
+            groups == 1
+            and all(k == 1 for k in self.kernel_size)
+            and not any(
+                map(any, _explicit_padding(self.padding, x.shape[1:-1], shape[:-2], strides))
+            )
+        )
+        if pointwise:  # 1x1, no padding: GEMM gradients, whatever the impl
+            y = pointwise_conv(x, kernel, strides)
+        elif groups == 1:
             y = lowering(x, kernel, strides, self.padding, dimension_numbers=dn)
         elif groups == c == self.features:  # depthwise: multiply-adds, whatever the impl
             y = depthwise_conv(x, kernel, strides, self.padding)

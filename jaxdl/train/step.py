@@ -99,9 +99,7 @@ def jit_inference(fn: Callable[..., Any], model: Any = None, **jit_kwargs: Any):
 
         forward = jaxdl.train.jit_inference(lambda v, x: model.apply(v, x, train=False), model)
     """
-    return jax.jit(
-        fn, compiler_options=xla_flags.inference_compiler_options(model), **jit_kwargs
-    )
+    return jax.jit(fn, compiler_options=xla_flags.inference_compiler_options(model), **jit_kwargs)
 
 
 def make_train_step(

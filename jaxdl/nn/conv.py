@@ -314,14 +314,7 @@ def depthwise_conv(
         raise ValueError(
             f"depthwise_conv: kernel must be (*window, 1, C), got shape {kernel.shape}"
         )
-    if x.ndim != n + 2 or x.shape[-1] != kernel.shape[-1]:
-        raise ValueError(
-            f"depthwise_conv: x must be (N, *spatial, C) with rank {n + 2} and C = "
-            f"{kernel.shape[-1]} to match kernel {kernel.shape}, got shape {x.shape}"
-        )
-    strides = (1,) * n if strides is None else tuple(int(s) for s in strides)
-    if len(strides) != n or any(s < 1 for s in strides):
-        raise ValueError(f"depthwise_conv: strides must be {n} positive ints, got {strides}")
+    strides = _checked_input_and_strides("depthwise_conv", x, kernel, kernel.shape[-1], strides)
     pads = _explicit_padding(padding, x.shape[1:-1], kernel.shape[:-2], strides)
     if any(p != (0, 0) for p in pads):
         x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
@@ -332,6 +325,23 @@ def depthwise_conv(
                 f"smaller than the kernel window {k}"
             )
     return _depthwise(x, kernel, strides)
+
+
+def _checked_input_and_strides(
+    fn: str, x: jax.Array, kernel: jax.Array, channels: int, strides: Sequence[int] | None
+) -> tuple[int, ...]:
+    """``x`` must be ``(N, *spatial, channels)`` with one spatial axis per kernel window axis;
+    returns ``strides`` as one positive int per spatial axis (default all ones)."""
+    n = kernel.ndim - 2
+    if x.ndim != n + 2 or x.shape[-1] != channels:
+        raise ValueError(
+            f"{fn}: x must be (N, *spatial, C) with rank {n + 2} and C = {channels} to match "
+            f"kernel {kernel.shape}, got shape {x.shape}"
+        )
+    strides = (1,) * n if strides is None else tuple(int(s) for s in strides)
+    if len(strides) != n or any(s < 1 for s in strides):
+        raise ValueError(f"{fn}: strides must be {n} positive ints, got {strides}")
+    return strides
 
 
 @jax.custom_vjp
@@ -391,14 +401,7 @@ def pointwise_conv(
         raise ValueError(
             f"pointwise_conv: kernel must be (1, ..., 1, C, F), got shape {kernel.shape}"
         )
-    if x.ndim != n + 2 or x.shape[-1] != kernel.shape[-2]:
-        raise ValueError(
-            f"pointwise_conv: x must be (N, *spatial, C) with rank {n + 2} and C = "
-            f"{kernel.shape[-2]} to match kernel {kernel.shape}, got shape {x.shape}"
-        )
-    strides = (1,) * n if strides is None else tuple(int(s) for s in strides)
-    if len(strides) != n or any(s < 1 for s in strides):
-        raise ValueError(f"pointwise_conv: strides must be {n} positive ints, got {strides}")
+    strides = _checked_input_and_strides("pointwise_conv", x, kernel, kernel.shape[-2], strides)
     if any(s != 1 for s in strides):
         x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
     return _pointwise(x, kernel)

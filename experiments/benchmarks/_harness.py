@@ -139,6 +139,18 @@ def matmul_peak_subprocess(python: str = "") -> float:
         return float("nan")
 
 
+def comma_list(
+    parser: argparse.ArgumentParser, flag: str, value: str, allowed: tuple[str, ...]
+) -> list[str]:
+    """The names in the comma-separated ``value`` of ``flag``; a parser error naming the unknown
+    ones and the choices."""
+    names = [v for v in value.split(",") if v]
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        parser.error(f"{flag}: unknown {unknown}; choose from {allowed}")
+    return names
+
+
 def run_meta(started_utc: str, loadavg_before: tuple[float, ...], **extra: Any) -> dict[str, Any]:
     """What a benchmark run records about itself: its start and end, the machine's load before and
     after, the core count and the command line (plus ``extra``)."""

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 import jaxdl  # noqa: F401  (before JAX's backend starts: jaxdl.xla_flags, jaxdl.cpu_malloc)
+from experiments.benchmarks._harness import comma_list
 
 MODELS = ("mnist_cnn", "resnet20", "resnet56", "densenet100", "efficientnet_b0")
 
@@ -87,10 +88,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
-    names = [m for m in args.models.split(",") if m]
-    unknown = sorted(set(names) - set(MODELS))
-    if unknown:
-        p.error(f"--models: unknown {unknown}; choose from {MODELS}")
+    names = comma_list(p, "--models", args.models, MODELS)
     rows = []
     print("| model | batch | XLA defaults (ms) | jit_inference (ms) | defaults / jit_inference |")
     print("|---|---|---|---|---|")

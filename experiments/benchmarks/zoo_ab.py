@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 import jaxdl  # noqa: F401  (before JAX's backend starts: jaxdl.xla_flags, jaxdl.cpu_malloc)
+from experiments.benchmarks._harness import comma_list
 
 VARIANTS = ("jaxdl", "xla_pointwise_grads")
 
@@ -100,10 +101,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        p.error(f"--variants: unknown {unknown}; choose from {VARIANTS}")
+    variants = comma_list(p, "--variants", args.variants, VARIANTS)
     rows = []
     for model_name in [m for m in args.models.split(",") if m]:
         r = compare(model_name, variants, args.batch_size, args.rounds, args.steps)

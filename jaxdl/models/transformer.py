@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.nn.attention import MultiHeadAttention
-from jaxdl.nn.linear import Dense
+from jaxdl.nn.linear import Dense, flat_matmul
 from jaxdl.nn.normalization import LayerNorm
 
 Array = jax.Array
@@ -175,7 +175,10 @@ class GPT(nn.Module):
                 x, layer_cache = block(x, train, cache[i], start)
                 new_cache.append(layer_cache)
         x = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_f")(x)
-        logits = wte.attend(x).astype(jnp.float32)  # (B, T, V): tied output
+        # Tied output: wte.attend(x), as one flattened GEMM (jaxdl.nn.flat_matmul).
+        dtype = self.dtype or jnp.result_type(x, wte.embedding)  # as flax's Embed.attend
+        logits = flat_matmul(x.astype(dtype), wte.embedding.T.astype(dtype))
+        logits = logits.astype(jnp.float32)  # (B, T, V)
         return logits if cache is None else (logits, new_cache)
 
 
@@ -450,7 +453,7 @@ class ViT(nn.Module):
         dtype = self.dtype or jnp.result_type(images.dtype, jnp.float32)
         x = images.astype(dtype).reshape(b, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, g * g, fan_in)  # (B, N, p*p*C), each patch in (row, col, channel) order
-        x = x @ kernel["kernel"].reshape(fan_in, self.embed_dim).astype(dtype)
+        x = flat_matmul(x, kernel["kernel"].reshape(fan_in, self.embed_dim).astype(dtype))
         x = x + kernel["bias"].reshape(1, 1, -1).astype(dtype)  # (B, N, D)
         cls = self.param("class_token", nn.initializers.zeros_init(), (1, 1, self.embed_dim))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, self.embed_dim)), x], 1)

@@ -108,9 +108,9 @@ from jaxdl.nn.normalization import BatchNorm, LayerNorm, batch_norm, layer_norm 
 
 __all__ += ["BatchNorm", "LayerNorm", "batch_norm", "layer_norm"]
 
-from jaxdl.nn.linear import Dense  # noqa: E402
+from jaxdl.nn.linear import Dense, flat_matmul  # noqa: E402
 
-__all__ += ["Dense"]
+__all__ += ["Dense", "flat_matmul"]
 
 from jaxdl.nn.materialize import materialize  # noqa: E402
 

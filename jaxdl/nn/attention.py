@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.nn.bias import bias_add
+from jaxdl.nn.linear import flat_matmul
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -163,7 +164,7 @@ class _Projection(nn.Module):
         )
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         x2 = x.reshape(x.shape[: x.ndim - self.in_axes] + (fan_in,)).astype(dtype)
-        y = x2 @ kernel.reshape(fan_in, fan_out).astype(dtype)
+        y = flat_matmul(x2, kernel.reshape(fan_in, fan_out).astype(dtype))
         if self.use_bias:
             bias = self.param("bias", self.bias_init, self.out_shape)
             y = bias_add(y, bias.reshape(fan_out).astype(dtype))  # its gradient is a GEMV

@@ -1,9 +1,11 @@
-"""The fully connected layer, its bias gradient computed as a matrix-vector product.
+"""The fully connected layer: one GEMM over the flattened leading axes, its bias gradient a
+matrix-vector product.
 
 ``y = x W + b`` for ``x (..., D_in)``, ``W (D_in, D_out)``, ``b (D_out,)``. Its gradients are
 ``dx = G W^T``, ``dW = X^T G`` (both GEMMs over the rows ``X (M, D_in)``, ``G (M, D_out)`` of
-every leading axis flattened) and ``db = 1^T G``, the column sum that
-:func:`jaxdl.nn.bias_add` computes as a GEMV instead of XLA:CPU's slow column ``reduce_sum``.
+every leading axis flattened, as :func:`flat_matmul` computes them) and ``db = 1^T G``, the
+column sum that :func:`jaxdl.nn.bias_add` computes as a GEMV instead of XLA:CPU's slow column
+``reduce_sum``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,34 @@ import jax.numpy as jnp
 
 from jaxdl.nn.bias import bias_add
 
-__all__ = ["Dense"]
+__all__ = ["Dense", "flat_matmul"]
+
+
+def flat_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` for ``x (..., D_in)`` and ``w (D_in, D_out)``, computed as one 2-D GEMM over the
+    rows of ``x`` with its leading axes flattened: ``X (M, D_in) W``, ``M = prod(x.shape[:-1])``,
+    reshaped back to ``(..., D_out)``.
+
+    The value is that of ``x @ w``; what changes is the gradient XLA is given. Differentiating
+    ``x @ w`` for a rank-3 ``x (B, T, D_in)`` gives the kernel gradient as a contraction over the
+    two axes ``B`` and ``T``, which XLA:CPU runs with extra transposed copies; here it is the
+    plain ``X^T G`` of two ``(M, .)`` matrices. In the GPT train step of
+    ``experiments/benchmarks/gpt_step.py`` (6 layers, 24 projections and 12 MLP matmuls, all on
+    ``(32, 128, .)`` activations) that took the step from 1,047 to 922 ms (``docs/performance.md``,
+    change 24). Being plain ``jax.numpy``, it keeps every transformation (``jvp``, ``vmap``,
+    higher derivatives).
+
+    Raises ``ValueError`` naming the shapes when ``x`` has rank 0, ``w`` is not a matrix, or the
+    inner dimensions differ.
+    """
+    if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
+        raise ValueError(
+            f"flat_matmul: x must be (..., D_in) and w (D_in, D_out), got x {x.shape} and "
+            f"w {w.shape}"
+        )
+    if x.ndim == 2:
+        return x @ w
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[1],))
 
 
 class Dense(fnn.Module):
@@ -54,7 +83,7 @@ class Dense(fnn.Module):
             else None
         )
         dtype = self.dtype or jnp.result_type(x, kernel, *(() if bias is None else (bias,)))
-        y = jnp.asarray(x, dtype) @ jnp.asarray(kernel, dtype)
+        y = flat_matmul(jnp.asarray(x, dtype), jnp.asarray(kernel, dtype))
         if bias is None:
             return y
         return bias_add(y, jnp.asarray(bias, dtype), store_cotangent=self.store_cotangent)

@@ -50,3 +50,29 @@ def test_zoo_ab_variant_swaps_the_pointwise_lowering_and_restores_it():
     with pytest.raises(ValueError, match="variant must be one of"):
         with zoo_ab.variant("nope"):
             pass
+
+
+def test_gpt_ab_variants_swap_the_layers_and_restore_them():
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from experiments.benchmarks import gpt_ab
+    from jaxdl import models
+    from jaxdl.nn import linear
+
+    model = models.GPT(16, 8, 1, 2, 8)
+    tokens = jax.random.randint(jax.random.key(0), (2, 8), 0, 16)
+    variables = model.init(jax.random.key(1), tokens)
+    expected = model.apply(variables, tokens)
+    original = linear.flat_matmul
+    for name in gpt_ab.VARIANTS:
+        with gpt_ab.variant(name):
+            # every variant computes the same function, only differently
+            assert jnp.allclose(model.apply(variables, tokens), expected, atol=1e-5)
+            if name == "rank3_matmul":
+                assert linear.flat_matmul is not original
+    assert linear.flat_matmul is original
+    with pytest.raises(ValueError, match="variant must be one of"):
+        with gpt_ab.variant("nope"):
+            pass

@@ -55,7 +55,7 @@ def variant(name: str):
     try:
         if name == "flax_layers":
             transformer.Dense, transformer.LayerNorm = FlaxDense, fnn.LayerNorm
-            attention.bias_add = lambda y, b, **_: y + b
+            attention.bias_add = lambda y, b, **_: y + b.reshape((1,) * (y.ndim - 1) + b.shape)
         elif name == "no_causal_blocks":
             attention.causal_blocks = lambda length: 1
         elif name == "rank3_matmul":

@@ -51,8 +51,8 @@ class Config:
     learning_rate: float = 3e-4
     steps: int = 5
     repeats: int = 5
-    # jaxdl's heap under XLA:CPU's scratch buffer settles within ~15 steps (docs/experiments/gpt_step.md)
-    warmup: int = 15
+    # the heap under XLA:CPU's scratch buffer settles by step ~20 (docs/experiments/gpt_step.md)
+    warmup: int = 25
     threads: int = 0  # 0: os.cpu_count()
     seed: int = 0
     timeout_s: int = 900

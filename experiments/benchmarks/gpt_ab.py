@@ -15,8 +15,9 @@ Variants:
 Every variant is compiled and run for ``warmup`` steps first (the heap under XLA:CPU's scratch
 buffer settles between steps 12 and 20 of a process, and a step that grows it faults the buffer
 in again; the variants share one process, so the first variant's warm-up mostly covers it), then
-timed in turns: ``rounds`` rounds of ``steps`` steps each; the median milliseconds per step. The process-wide ``jaxdl.cpu_malloc`` setting applies to all
-(compare it across processes with ``JAXDL_CPU_MALLOC=0``).
+timed in turns: ``rounds`` rounds of ``steps`` steps each; the median milliseconds per step. The
+process-wide ``jaxdl.cpu_malloc`` setting applies to all (compare it across processes with
+``JAXDL_CPU_MALLOC=0``).
 
 Run: ``python -m experiments.benchmarks.gpt_ab --out runs/gpt_ab.json`` (all variants).
 """

@@ -32,8 +32,8 @@ def flat_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     two axes ``B`` and ``T``, which XLA:CPU runs with extra transposed copies; here it is the
     plain ``X^T G`` of two ``(M, .)`` matrices. In the GPT train step of
     ``experiments/benchmarks/gpt_step.py`` (6 layers, 24 projections and 12 MLP matmuls, all on
-    ``(32, 128, .)`` activations) that took the step from 1,047 to 922 ms (``docs/performance.md``,
-    change 24). Being plain ``jax.numpy``, it keeps every transformation (``jvp``, ``vmap``,
+    ``(32, 128, .)`` activations) that took the step from 1,121 to 948 ms, and from 1,039 to 896 ms
+    in a second run (in-process A/B, ``docs/performance.md``, change 24). Being plain ``jax.numpy``, it keeps every transformation (``jvp``, ``vmap``,
     higher derivatives).
 
     Raises ``ValueError`` naming the shapes when ``x`` has rank 0, ``w`` is not a matrix, or the
@@ -44,8 +44,6 @@ def flat_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
             f"flat_matmul: x must be (..., D_in) and w (D_in, D_out), got x {x.shape} and "
             f"w {w.shape}"
         )
-    if x.ndim == 2:
-        return x @ w
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[1],))
 
 

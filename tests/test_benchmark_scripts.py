@@ -76,3 +76,17 @@ def test_gpt_ab_variants_swap_the_layers_and_restore_them():
     with pytest.raises(ValueError, match="variant must be one of"):
         with gpt_ab.variant("nope"):
             pass
+
+
+def test_attention_ops_smoke(tmp_path):
+    from experiments.benchmarks import attention_ops
+
+    out = tmp_path / "attention_ops.json"
+    res = attention_ops.main(
+        ["--batch", "2", "--length", "16", "--heads", "2", "--head_dim", "4", "--repeats", "1",
+         "--calls", "1", "--out", str(out)]
+    )  # fmt: skip
+    assert [r["product"] for r in res["products"]] == list(attention_ops.PRODUCTS)
+    assert all(r["batch"] == 4 and min(r["ms"].values()) > 0 for r in res["products"])
+    assert {"jaxdl_blocked", "jaxdl_one_block"} <= set(res["attention_ms"])
+    assert json.loads(out.read_text())["config"]["length"] == 16

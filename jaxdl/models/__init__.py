@@ -102,3 +102,8 @@ __all__ += ["TORCHVISION_NAMES", "from_torchvision", "torchvision_model"]
 from jaxdl.models.transformer import GPT, ViT, generate, init_cache  # noqa: E402
 
 __all__ += ["GPT", "ViT", "generate", "init_cache"]
+
+# GPT-2 weights (issue 17): Hugging Face's GPT-2 checkpoints in and out of models.GPT.
+from jaxdl.models.gpt2 import from_gpt2, load_gpt2, to_gpt2  # noqa: E402
+
+__all__ += ["from_gpt2", "load_gpt2", "to_gpt2"]

@@ -176,7 +176,8 @@ _LEGACY_DENSENET = re.compile(
 )
 
 
-def _to_numpy(value: Any, key: str) -> np.ndarray:
+def _to_numpy(value: Any, key: str, caller: str = "from_torchvision") -> np.ndarray:
+    """A state_dict value (torch tensor, floats as float32, or array) as a NumPy array."""
     if hasattr(value, "detach"):  # a torch.Tensor; torch itself is not imported here
         value = value.detach().cpu()
         if value.is_floating_point():
@@ -186,7 +187,7 @@ def _to_numpy(value: Any, key: str) -> np.ndarray:
         return np.asarray(value)
     except Exception as e:  # noqa: BLE001 (re-raised with the key named)
         raise TypeError(
-            f"from_torchvision: state_dict[{key!r}] must be a tensor or array, got {type(value)}"
+            f"{caller}: state_dict[{key!r}] must be a tensor or array, got {type(value)}"
         ) from e
 
 

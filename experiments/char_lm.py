@@ -27,6 +27,7 @@ Default (about 5 minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -146,6 +147,45 @@ def make_model(name: str, c: Config, target: int | None = None):
     return CharRNN(name, rnn_hidden_for(name, target, c.rnn_embed), c.rnn_embed)
 
 
+def next_byte_loss(model, params, batch: jax.Array) -> jax.Array:
+    """Mean next-byte cross-entropy (nats) of ``model`` on windows ``batch (B, T + 1)``."""
+    logits = model.apply({"params": params}, batch[:, :-1])  # (B, T, 256)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+
+
+def make_train_step(model, tx, train_bytes: np.ndarray, batch: int, seq_len: int):
+    """``step(params, opt_state, key) -> (params, opt_state, loss, grad_norm)``, jitted: ``batch``
+    random windows of ``seq_len + 1`` bytes cut on device from the training text (drawn with
+    ``key``), one update of ``tx``; ``grad_norm`` is the global norm of the loss gradient."""
+    train_dev = jnp.asarray(train_bytes, jnp.int32)
+
+    @jax.jit
+    def step(p, s, k):
+        starts = jax.random.randint(k, (batch,), 0, train_dev.shape[0] - seq_len - 1)
+        windows = jax.vmap(lambda i: jax.lax.dynamic_slice(train_dev, (i,), (seq_len + 1,)))(
+            starts
+        )  # (B, T + 1)
+        loss, g = jax.value_and_grad(lambda q: next_byte_loss(model, q, windows))(p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss, optim.global_norm(g)
+
+    return step
+
+
+def make_heldout_bpc(model, val_bytes: np.ndarray, seq_len: int, windows: int):
+    """``bpc(params) -> float``: held-out bits per character on ``windows`` fixed windows evenly
+    spaced through the validation text (mean cross-entropy in nats / ln 2)."""
+    idx = np.linspace(0, len(val_bytes) - seq_len - 2, windows).astype(int)
+    val = jnp.asarray(np.stack([val_bytes[i : i + seq_len + 1] for i in idx]), jnp.int32)
+    eval_loss = jax.jit(functools.partial(next_byte_loss, model))
+
+    def bpc(p) -> float:
+        losses = [eval_loss(p, val[i : i + 64]) for i in range(0, len(val), 64)]
+        return float(np.mean(losses)) / math.log(2)
+
+    return bpc
+
+
 def train_one(name: str, c: Config, train_bytes, val_bytes, target: int) -> dict:
     model = make_model(name, c, target)
     key = jax.random.key(c.seed)
@@ -155,41 +195,19 @@ def train_one(name: str, c: Config, train_bytes, val_bytes, target: int) -> dict
     schedule = optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps)
     tx = optim.chain(optim.clip_by_global_norm(c.clip_norm), optim.adam(schedule))
     opt_state = tx.init(params)
-    train_dev = jnp.asarray(train_bytes, jnp.int32)
-
-    def loss_fn(p, batch):
-        logits = model.apply({"params": p}, batch[:, :-1])  # (B, T, 256)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
-
-    @jax.jit
-    def step(p, s, k):
-        starts = jax.random.randint(k, (c.batch,), 0, train_dev.shape[0] - c.seq_len - 1)
-        batch = jax.vmap(lambda i: jax.lax.dynamic_slice(train_dev, (i,), (c.seq_len + 1,)))(
-            starts
-        )  # (B, T + 1)
-        loss, g = jax.value_and_grad(loss_fn)(p, batch)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss
-
-    # Fixed held-out windows, evenly spaced through the validation text.
-    idx = np.linspace(0, len(val_bytes) - c.seq_len - 2, c.eval_windows).astype(int)
-    val = jnp.asarray(np.stack([val_bytes[i : i + c.seq_len + 1] for i in idx]), jnp.int32)
-    eval_loss = jax.jit(loss_fn)
-
-    def bpc(p):
-        return float(np.mean([eval_loss(p, val[i : i + 64]) for i in range(0, len(val), 64)]))
-
-    curve = {"seconds": [0.0], "step": [0], "val_bpc": [bpc(params) / math.log(2)]}
+    step = make_train_step(model, tx, train_bytes, c.batch, c.seq_len)
+    bpc = make_heldout_bpc(model, val_bytes, c.seq_len, c.eval_windows)
+    curve = {"seconds": [0.0], "step": [0], "val_bpc": [bpc(params)]}
     # Compile outside the budget.
     t_compile = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, 0))
+    params, opt_state, loss, _ = step(params, opt_state, jax.random.fold_in(key, 0))
     loss.block_until_ready()
     compile_s = time.perf_counter() - t_compile
     trained, steps, next_eval = 0.0, 1, c.eval_every_s
     bar = tqdm(total=int(c.seconds), desc=f"{name} ({n_params:,} params)", leave=False)
     while trained < c.seconds:
         t0 = time.perf_counter()
-        params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, steps))
+        params, opt_state, loss, _ = step(params, opt_state, jax.random.fold_in(key, steps))
         loss.block_until_ready()
         dt = time.perf_counter() - t0
         trained += dt
@@ -198,7 +216,7 @@ def train_one(name: str, c: Config, train_bytes, val_bytes, target: int) -> dict
         if trained >= next_eval or trained >= c.seconds:
             curve["seconds"].append(trained)
             curve["step"].append(steps)
-            curve["val_bpc"].append(bpc(params) / math.log(2))
+            curve["val_bpc"].append(bpc(params))
             next_eval += c.eval_every_s
     bar.close()
     return {

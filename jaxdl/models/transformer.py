@@ -47,11 +47,19 @@ def _check_rate(rate: float) -> None:
 # ----------------------------------------------------------------------------------------- GPT
 
 
+NORM_POSITIONS = ("pre", "post")
+
+
 class GPTBlock(nn.Module):
-    """One pre-LN decoder block (GPT-2)::
+    """One decoder block; pre-LN (GPT-2, the default)::
 
         x = x + Dropout(attn(ln_1(x), causal))     # attn: MultiHeadAttention, out kernel scaled
         x = x + Dropout(proj(gelu(fc(ln_2(x)))))   # fc: D -> 4D, proj: 4D -> D
+
+    or post-LN (``norm_position="post"``, the original Transformer, Vaswani et al. 2017)::
+
+        x = ln_1(x + Dropout(attn(x, causal)))
+        x = ln_2(x + Dropout(proj(gelu(fc(x)))))
 
     Params: ``ln_1``, ``attn`` (query/key/value/out), ``ln_2``, ``fc``, ``proj``.
     """
@@ -60,6 +68,7 @@ class GPTBlock(nn.Module):
     num_layers: int  # for GPT-2's 1/sqrt(2 L) scaling of the residual projections' init
     dropout_rate: float = 0.0
     dtype: Any = None
+    norm_position: str = "pre"
 
     @nn.compact
     def __call__(self, x: Array, train: bool, cache=None, cache_index=None):
@@ -74,17 +83,22 @@ class GPTBlock(nn.Module):
             dtype=self.dtype,
             name="attn",
         )
-        h = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_1")(x)
+        ln_1 = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_1")
+        ln_2 = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_2")
+        pre = self.norm_position == "pre"
+        h = ln_1(x) if pre else x
         if cache is None:
             h = attn(h, train=train, causal=True)  # (B, T, D)
         else:
             h, cache = attn(h, train=train, cache=cache, cache_index=cache_index)
         x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        h = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_2")(x)
+        x = x if pre else ln_1(x)
+        h = ln_2(x) if pre else x
         h = Dense(4 * d, kernel_init=init, dtype=self.dtype, store_cotangent=True, name="fc")(h)
         h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
         h = Dense(d, kernel_init=resid_init, dtype=self.dtype, name="proj")(h)  # (B, T, D)
         x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        x = x if pre else ln_2(x)
         return x if cache is None else (x, cache)
 
 
@@ -110,6 +124,11 @@ class GPT(nn.Module):
       vocab_size, block_size (longest context), num_layers, num_heads, embed_dim (``D``, divisible
       by ``num_heads``), dropout_rate (embeddings, attention weights and residual branches, train
       only, ``'dropout'`` rng stream), dtype (computation dtype; params stay float32).
+      norm_position: ``"pre"`` (GPT-2's blocks and final ``ln_f``, the default) or ``"post"``
+        (the original Transformer's LayerNorm after each residual addition, :class:`GPTBlock`;
+        the last block's output is already normalised, so there is no ``ln_f``). Post-LN is here
+        for comparison: it needs a learning-rate warm-up that pre-LN does not (Xiong et al. 2020;
+        ``experiments/layernorm_warmup.py`` measures it).
     """
 
     vocab_size: int
@@ -119,8 +138,13 @@ class GPT(nn.Module):
     embed_dim: int
     dropout_rate: float = 0.0
     dtype: Any = None
+    norm_position: str = "pre"
 
     def _check(self) -> None:
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(
+                f"norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}"
+            )
         _check_positive(
             vocab_size=self.vocab_size,
             block_size=self.block_size,
@@ -167,14 +191,20 @@ class GPT(nn.Module):
         new_cache = []
         for i in range(self.num_layers):
             block = GPTBlock(
-                self.num_heads, self.num_layers, self.dropout_rate, self.dtype, name=f"h_{i}"
+                self.num_heads,
+                self.num_layers,
+                self.dropout_rate,
+                self.dtype,
+                self.norm_position,
+                name=f"h_{i}",
             )
             if cache is None:
                 x = block(x, train)
             else:
                 x, layer_cache = block(x, train, cache[i], start)
                 new_cache.append(layer_cache)
-        x = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_f")(x)
+        if self.norm_position == "pre":
+            x = LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_f")(x)
         # Tied output: wte.attend(x), as one flattened GEMM (jaxdl.nn.flat_matmul).
         dtype = self.dtype or jnp.result_type(x, wte.embedding)  # as flax's Embed.attend
         logits = flat_matmul(x.astype(dtype), wte.embedding.T.astype(dtype))

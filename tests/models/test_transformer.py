@@ -144,6 +144,81 @@ def test_gpt_dropout_and_errors(small_gpt):
         models.generate(model, params, tokens, 2, jax.random.key(0), temperature=-1.0)
 
 
+def _torch_gpt_reference(torch, params, tokens, norm_position, num_heads):
+    """The GPT forward written with ``torch.nn.TransformerEncoderLayer`` (``norm_first`` for
+    pre-LN), a causal mask and the tied output, in float64, loading jaxdl params."""
+    t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+    d = params["wpe"].shape[1]
+    x = (
+        t(params["wte"]["embedding"])[torch.tensor(np.asarray(tokens))]
+        + t(params["wpe"])[: tokens.shape[1]]
+    )  # (B, T, D)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(tokens.shape[1],
+                                                                  dtype=torch.float64)  # fmt: skip
+    i = 0
+    while f"h_{i}" in params:
+        p = params[f"h_{i}"]
+        layer = torch.nn.TransformerEncoderLayer(
+            d, num_heads, 4 * d, dropout=0.0, batch_first=True, dtype=torch.float64,
+            norm_first=norm_position == "pre",
+            activation=lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
+        ).eval()  # fmt: skip
+        a = p["attn"]
+        with torch.no_grad():
+            layer.self_attn.in_proj_weight.copy_(
+                torch.cat([t(a[n]["kernel"]).reshape(d, d).T for n in ("query", "key", "value")])
+            )
+            layer.self_attn.in_proj_bias.copy_(
+                torch.cat([t(a[n]["bias"]).reshape(d) for n in ("query", "key", "value")])
+            )
+            layer.self_attn.out_proj.weight.copy_(t(a["out"]["kernel"]).reshape(d, d).T)
+            layer.self_attn.out_proj.bias.copy_(t(a["out"]["bias"]))
+            for mod, name in ((layer.linear1, "fc"), (layer.linear2, "proj")):
+                mod.weight.copy_(t(p[name]["kernel"]).T)
+                mod.bias.copy_(t(p[name]["bias"]))
+            for mod, name in ((layer.norm1, "ln_1"), (layer.norm2, "ln_2")):
+                mod.weight.copy_(t(p[name]["scale"]))
+                mod.bias.copy_(t(p[name]["bias"]))
+            x = layer(x, src_mask=causal, is_causal=True)
+        i += 1
+    if norm_position == "pre":
+        x = torch.nn.functional.layer_norm(x, (d,), t(params["ln_f"]["scale"]),
+                                           t(params["ln_f"]["bias"]), 1e-5)  # fmt: skip
+    return (x @ t(params["wte"]["embedding"]).T).detach().numpy()  # tied output
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_gpt_equals_torch_transformer_layers(norm_position):
+    """Pre-LN (GPT-2) and post-LN (Vaswani et al. 2017) GPTs against torch's encoder layers with
+    a causal mask; every weight random, so a misplaced LayerNorm or bias shows."""
+    torch = pytest.importorskip("torch")
+    model = models.GPT(**SMALL, norm_position=norm_position)
+    tokens = jax.random.randint(jax.random.key(8), (3, 12), 0, 11)
+    params = model.init(jax.random.key(9), tokens)["params"]
+    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(a.size), a.shape),
+                          params)  # fmt: skip
+    assert ("ln_f" in params) == (norm_position == "pre")
+    ours = np.asarray(model.apply({"params": params}, tokens))
+    ref = _torch_gpt_reference(torch, params, tokens, norm_position, SMALL["num_heads"])
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_post_ln_gpt_is_causal_and_its_cache_equals_the_full_forward():
+    model = models.GPT(**SMALL, norm_position="post")
+    tokens = jax.random.randint(jax.random.key(10), (2, 9), 0, 11)
+    params = model.init(jax.random.key(11), tokens)["params"]
+    full = model.apply({"params": params}, tokens)
+    changed = model.apply({"params": params}, tokens.at[:, 6].set((tokens[:, 6] + 1) % 11))
+    chex.assert_trees_all_close(changed[:, :6], full[:, :6])
+    assert not np.allclose(changed[:, 6], full[:, 6])
+    first, cache = model.apply({"params": params}, tokens[:, :5], cache=models.init_cache(model, 2),
+                               cache_index=0)  # fmt: skip
+    last, _ = model.apply({"params": params}, tokens[:, 5:], cache=cache, cache_index=5)
+    chex.assert_trees_all_close(jnp.concatenate([first, last], 1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="norm_position must be one of"):
+        models.GPT(**SMALL, norm_position="sandwich").init(jax.random.key(0), tokens)
+
+
 VIT = dict(image_size=16, patch_size=4, num_layers=2, num_heads=2, embed_dim=8, mlp_dim=12,
            num_classes=5)  # fmt: skip
 

@@ -40,6 +40,8 @@ def test_pre_and_post_ln_share_their_initial_weights():
     jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in pre.items() if k != "ln_f"}, post)
 
 
-def test_unknown_norm_is_named(tmp_path):
+def test_unknown_norm_or_optimizer_is_named(tmp_path):
     with pytest.raises(ValueError, match="norms must be drawn from"):
         exp.train_and_evaluate(tiny(norms=("sandwich",)), str(tmp_path))
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        exp.train_and_evaluate(tiny(optimizer="lion"), str(tmp_path))

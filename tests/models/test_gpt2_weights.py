@@ -69,7 +69,7 @@ def test_greedy_generate_equals_transformers_generate(hf_model):
 
 def test_to_gpt2_loads_into_transformers_and_round_trips(hf_model):
     model = models.GPT(V, T, L, H, D)
-    variables = model.init(jax.random.key(3), jnp.zeros((1, T), jnp.int32))
+    variables = jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, T), jnp.int32))
     state = models.to_gpt2(variables)
     hf = transformers.GPT2LMHeadModel(_config()).eval()
     missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()},
@@ -77,7 +77,7 @@ def test_to_gpt2_loads_into_transformers_and_round_trips(hf_model):
     assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing)
     tokens = _tokens(seed=2)
     np.testing.assert_allclose(
-        np.asarray(model.apply(variables, jnp.asarray(tokens))), _hf_logits(hf, tokens),
+        np.asarray(jax.jit(model.apply)(variables, jnp.asarray(tokens))), _hf_logits(hf, tokens),
         atol=2e-5, rtol=1e-5,
     )  # fmt: skip
     _, back = models.from_gpt2(state, H)

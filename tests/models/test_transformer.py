@@ -194,15 +194,16 @@ def test_gpt_equals_torch_transformer_layers(norm_position):
     torch = pytest.importorskip("torch")
     model = models.GPT(**SMALL, norm_position=norm_position)
     tokens = jax.random.randint(jax.random.key(8), (3, 12), 0, 11)
-    params = model.init(jax.random.key(9), tokens)["params"]
+    params = jax.jit(model.init)(jax.random.key(9), tokens)["params"]
     params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(a.size), a.shape),
                           params)  # fmt: skip
     assert ("ln_f" in params) == (norm_position == "pre")
-    ours = np.asarray(model.apply({"params": params}, tokens))
+    ours = np.asarray(jax.jit(model.apply)({"params": params}, tokens))
     ref = _torch_gpt_reference(torch, params, tokens, norm_position, SMALL["num_heads"])
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # the values are checked against torch in the default suite
 def test_post_ln_gpt_is_causal_and_its_cache_equals_the_full_forward():
     model = models.GPT(**SMALL, norm_position="post")
     tokens = jax.random.randint(jax.random.key(10), (2, 9), 0, 11)

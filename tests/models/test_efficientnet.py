@@ -187,6 +187,7 @@ def test_errors():
         )
 
 
+@pytest.mark.slow  # 25 s on 2 cores; the default suite keeps B0's blocks' value tests
 def test_jit_train_step():
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 3))
     y = jnp.arange(8) % 4

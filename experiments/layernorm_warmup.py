@@ -69,9 +69,15 @@ def get_config() -> Config:
     return Config()
 
 
-def _run(c: Config, norm: str, lr: float, warmup: int, seed: int, train_bytes, bpc_for) -> dict:
+def _model_and_params(c: Config, norm: str, seed: int):
+    """The experiment's GPT and its initial params; a seed gives pre- and post-LN the same
+    weights (``ln_f`` aside)."""
     model = models.GPT(256, c.seq_len, c.num_layers, c.num_heads, c.embed_dim, norm_position=norm)
-    params = model.init(jax.random.key(seed), jnp.zeros((1, c.seq_len), jnp.int32))["params"]
+    return model, model.init(jax.random.key(seed), jnp.zeros((1, c.seq_len), jnp.int32))["params"]
+
+
+def _run(c: Config, norm: str, lr: float, warmup: int, seed: int, train_bytes, bpc_for) -> dict:
+    model, params = _model_and_params(c, norm, seed)
     schedule = optim.warmup_cosine_decay(0.0, lr, warmup, c.steps)
     tx = OPTIMIZERS[c.optimizer](schedule)
     opt_state = tx.init(params)
@@ -114,8 +120,7 @@ def init_gradient_by_layer(c: Config, norm: str, seed: int, train_bytes, batches
     gradient with respect to each block's feed-forward kernels ``fc`` (``W^1``) and ``proj``
     (``W^2``), averaged over ``batches`` random batches. Post-LN predicts norms that grow towards
     the output; pre-LN, norms that stay level (or fall) with depth."""
-    model = models.GPT(256, c.seq_len, c.num_layers, c.num_heads, c.embed_dim, norm_position=norm)
-    params = model.init(jax.random.key(seed), jnp.zeros((1, c.seq_len), jnp.int32))["params"]
+    model, params = _model_and_params(c, norm, seed)
     rng = np.random.default_rng(2000 + seed)
     grad = jax.jit(jax.grad(lambda p, w: next_byte_loss(model, p, w)))
     out = {"fc": np.zeros(c.num_layers), "proj": np.zeros(c.num_layers)}

@@ -158,11 +158,11 @@ def to_gpt2(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     sd: dict[str, np.ndarray] = {}
     sd["wte.weight"] = a(params["wte"]["embedding"])
     sd["wpe.weight"] = a(params["wpe"])
+    d = sd["wte.weight"].shape[1]
     layers = sorted(int(k[2:]) for k in params if re.fullmatch(r"h_\d+", k))
     for i in layers:
         p = params[f"h_{i}"]
         att = p["attn"]
-        d = sd["wte.weight"].shape[1]
         sd[f"h.{i}.ln_1.weight"], sd[f"h.{i}.ln_1.bias"] = (
             a(p["ln_1"]["scale"]),
             a(p["ln_1"]["bias"]),

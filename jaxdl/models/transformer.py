@@ -127,8 +127,9 @@ class GPT(nn.Module):
       norm_position: ``"pre"`` (GPT-2's blocks and final ``ln_f``, the default) or ``"post"``
         (the original Transformer's LayerNorm after each residual addition, :class:`GPTBlock`;
         the last block's output is already normalised, so there is no ``ln_f``). Post-LN is here
-        for comparison: it needs a learning-rate warm-up that pre-LN does not (Xiong et al. 2020;
-        ``experiments/layernorm_warmup.py`` measures it).
+        for comparison: it tolerates smaller peak learning rates than pre-LN (Xiong et al. 2020);
+        ``experiments/layernorm_warmup.py`` measures that, and that with Adam both still want a
+        warm-up.
     """
 
     vocab_size: int

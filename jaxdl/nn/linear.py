@@ -33,8 +33,8 @@ def flat_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     plain ``X^T G`` of two ``(M, .)`` matrices. In the GPT train step of
     ``experiments/benchmarks/gpt_step.py`` (6 layers, 24 projections and 12 MLP matmuls, all on
     ``(32, 128, .)`` activations) that took the step from 1,121 to 948 ms, and from 1,039 to 896 ms
-    in a second run (in-process A/B, ``docs/performance.md``, change 24). Being plain ``jax.numpy``, it keeps every transformation (``jvp``, ``vmap``,
-    higher derivatives).
+    in a second run (in-process A/B, ``docs/performance.md``, change 24). Being plain
+    ``jax.numpy``, it keeps every transformation (``jvp``, ``vmap``, higher derivatives).
 
     Raises ``ValueError`` naming the shapes when ``x`` has rank 0, ``w`` is not a matrix, or the
     inner dimensions differ.
